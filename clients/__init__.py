@@ -1,0 +1,1 @@
+"""Clients: batch prediction against the serving API over HTTP."""

@@ -1,0 +1,1 @@
+"""Serving: a BentoML service answering top-k Tiny ImageNet predictions."""

@@ -1,0 +1,1 @@
+"""Training: the Tiny ImageNet data layer, the seeds' networks, augmentation and the loop."""
