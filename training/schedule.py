@@ -1,0 +1,52 @@
+"""Learning-rate schedules as pure functions of run progress in [0, 1].
+
+Progress is steps done over total steps, or, under a time budget, the larger of that and the
+elapsed share of the budget: the rate then reaches its final value exactly when the time does, so a
+run on a GPU of unknown speed still finishes annealed (../shared/GPU.md, "Budget of one lease").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from training.config import check_choice
+
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "cosine"
+    lr: float = 0.1  # peak rate, for `batch_size` images per step (see OptimConfig)
+    warmup: float = 0.0  # share of the run spent ramping linearly from 0 to `lr`
+    # step: multiply by `gamma` at each milestone (shares of the run). Sun §4 anneals the vanilla
+    # ResNet-34 once, at iteration 10,000 of 15,000: milestone 2/3.
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    final: float = 0.0  # cosine/onecycle end value as a share of `lr`
+
+    def __post_init__(self):
+        check_choice("schedule", self.name, SCHEDULES)
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup must be a share of the run in [0, 1), got {self.warmup}")
+
+
+def lr_at(cfg: ScheduleConfig, progress: float) -> float:
+    """The learning rate at `progress` (0 = start, 1 = end of the run)."""
+    t = min(max(progress, 0.0), 1.0)
+    if cfg.name == "onecycle":
+        # Linear up for `warmup` (0.3 if unset, as in Smith's one-cycle), then linear down.
+        up = cfg.warmup or 0.3
+        if t < up:
+            return cfg.lr * t / up
+        return cfg.lr * (1 - (1 - cfg.final) * (t - up) / (1 - up))
+    if cfg.warmup and t < cfg.warmup:
+        return cfg.lr * t / cfg.warmup
+    if cfg.name == "constant":
+        return cfg.lr
+    if cfg.name == "step":
+        return cfg.lr * cfg.gamma ** sum(t >= m for m in cfg.milestones)
+    # cosine, from the end of warm-up to the end of the run
+    s = (t - cfg.warmup) / (1 - cfg.warmup)
+    return cfg.lr * (cfg.final + (1 - cfg.final) * 0.5 * (1 + math.cos(math.pi * s)))

@@ -1,0 +1,494 @@
+"""The training loop: `python -m training.train --preset NAME --data PATH --out runs/NAME`.
+
+Airbench-style: the decoded training set lives on the device as uint8, batches are gathered and
+augmented there, and nothing per image runs in Python. The learning rate is a pure function of
+progress (training/schedule.py), so `--time-limit` and `--resume` need no scheduler state.
+Checkpoints (`last.pt` every few minutes and each epoch, `best.pt` by val top-1) are atomic and hold
+the RNG states, the epoch's order and the position in it: a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training import presets as P
+from training.augment import Augment
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.config import ConfigError, from_dict, replace, to_dict
+from training.data import DataError
+from training.evaluate import predict, topk_errors
+from training.models import ModelConfig, build_model, compile_branches, depth_stats
+from training.regularizers import ema_update, mix_batch, mixed_cross_entropy
+from training.schedule import lr_at
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class State:
+    """Everything a checkpoint restores; plain data, changed by the functions below."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    ema: torch.nn.Module | None
+    gen: torch.Generator  # data order and augmentation, on the data's device
+    step: int = 0
+    epoch: int = 0
+    pos: int = 0  # batches of the current epoch already done
+    perm: torch.Tensor | None = None  # this epoch's order
+    elapsed: float = 0.0  # seconds of this run before the current process started
+    best_top1: float = 0.0
+    history: list = field(default_factory=list)  # metrics.jsonl rows so far
+    meter: dict = field(default_factory=dict)  # this epoch's running sums
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, skip_bn_bias: bool) -> list[dict]:
+    """Weight decay on conv and linear weights; optionally none on BN and biases (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if skip_bn_bias and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_state(cfg: P.TrainConfig, device: torch.device) -> State:
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    o = cfg.optim
+    opt = torch.optim.SGD(
+        param_groups(model, o.weight_decay, o.no_decay_bn_bias),
+        lr=cfg.schedule.lr,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+    )
+    ema = copy.deepcopy(model).eval() if o.ema > 0 else None
+    gen = torch.Generator(device).manual_seed(cfg.run.seed)
+    return State(model, opt, ema, gen)
+
+
+def restore(state: State, ckpt: dict) -> None:
+    """Load a `last.pt` back into `state`, RNG streams included."""
+    state.model.load_state_dict(ckpt["model"])
+    state.opt.load_state_dict(ckpt["optimizer"])
+    if state.ema is not None:
+        state.ema.load_state_dict(ckpt["ema"])
+    t = ckpt["train"]
+    state.step, state.epoch, state.pos = t["step"], t["epoch"], t["pos"]
+    state.elapsed, state.best_top1, state.history = t["elapsed"], t["best_top1"], t["history"]
+    state.meter = t["meter"]
+    state.perm = t["perm"].to(state.gen.device) if t["perm"] is not None else None
+    state.gen.set_state(t["rng"]["data"])
+    torch.set_rng_state(t["rng"]["torch"])
+    if t["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(t["rng"]["cuda"])
+
+
+def payload(state: State, cfg: P.TrainConfig, ds, preset: str | None) -> dict:
+    """A self-describing checkpoint: config, classes, preprocessing, weights and training state."""
+    return {
+        "preset": preset,
+        "config": to_dict(cfg),
+        "classes": {
+            "wnids": list(ds.wnids),
+            "names": list(ds.names),
+            "full_names": list(ds.full_names),
+        },
+        "preprocessing": {
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "size": 64,
+            "layout": "NHWC uint8 RGB",
+        },
+        "model": unwrap(state.model).state_dict(),
+        "ema": unwrap(state.ema).state_dict() if state.ema is not None else None,
+        "optimizer": state.opt.state_dict(),
+        "train": {
+            "step": state.step,
+            "epoch": state.epoch,
+            "pos": state.pos,
+            "perm": state.perm.cpu() if state.perm is not None else None,
+            "elapsed": state.elapsed,
+            "best_top1": state.best_top1,
+            "history": state.history,
+            "meter": state.meter,
+            "rng": {
+                "data": state.gen.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        },
+    }
+
+
+def unwrap(model):
+    return getattr(model, "module", model)  # DDP
+
+
+def model_from_checkpoint(path, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """The eval-mode network a checkpoint describes (EMA weights where it has them)."""
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(ModelConfig, ckpt["config"]["model"])
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def load_data(cfg: P.TrainConfig, path, device: torch.device):
+    """The dataset, and its training images and labels on `device` (uint8, 1.2 GB for all)."""
+    from training.data import load
+
+    ds = load(path, classes=cfg.data.classes, per_class=cfg.data.per_class)
+    with warnings.catch_warnings():  # the read-only memmap is shared, never written: no copy
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.from_numpy(ds.train.x).to(device)
+    y = torch.from_numpy(np.ascontiguousarray(ds.train.y)).to(device)
+    if len(y) < cfg.optim.batch_size:
+        raise ValueError(f"batch size {cfg.optim.batch_size} exceeds the {len(y)} training images")
+    return ds, x, y
+
+
+def next_batch(state: State, x, y, batch_size: int, rank: int = 0, world: int = 1):
+    """The next batch of this epoch's order (a new order at each epoch); this rank's share."""
+    if state.perm is None or state.pos >= len(y) // batch_size:
+        state.perm = torch.randperm(len(y), device=state.gen.device, generator=state.gen)
+        state.pos = 0
+    idx = state.perm[state.pos * batch_size : (state.pos + 1) * batch_size][rank::world]
+    state.pos += 1
+    return x[idx], y[idx]
+
+
+def train_step(state: State, fwd, augment, xb, yb, cfg: P.TrainConfig, lr: float):
+    """One SGD step; returns the loss and logits, still on the device (no host sync)."""
+    for group in state.opt.param_groups:
+        group["lr"] = lr
+    xa = augment(xb, state.gen)
+    o = cfg.optim
+    rng = np.random.default_rng([cfg.run.seed, state.step])  # a pure function of the step
+    xa, y_a, y_b, lam = mix_batch(
+        xa, yb, mixup_alpha=o.mixup, cutmix_alpha=o.cutmix, prob=o.mix_prob, rng=rng
+    )
+    with torch.autocast(xa.device.type, dtype=torch.bfloat16, enabled=cfg.run.bf16):
+        logits = fwd(xa)
+    loss = mixed_cross_entropy(logits.float(), y_a, y_b, lam, o.label_smoothing)
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    state.opt.step()
+    if state.ema is not None:
+        ema_update(state.ema, unwrap(state.model), o.ema)
+    return loss.detach(), logits.detach()
+
+
+def accumulate(meter: dict, loss, logits, y) -> None:
+    """Add a step's loss and top-1/top-5 hits to the epoch's sums, as device tensors."""
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+    for key, value in (
+        ("loss", loss * len(y)),
+        ("top1", top5[:, 0].sum()),
+        ("top5", top5.any(1).sum()),
+        ("n", torch.tensor(len(y), device=y.device)),
+    ):
+        meter[key] = meter.get(key, 0) + value.float()
+
+
+def evaluate_val(model, ds, device, cfg: P.TrainConfig) -> dict:
+    logits = predict(
+        model,
+        ds.val.x,
+        ds.mean,
+        ds.std,
+        device=device,
+        bf16=cfg.run.bf16,
+        batch_size=cfg.run.eval_batch_size,
+    )
+    y = torch.from_numpy(np.asarray(ds.val.y))
+    return {**topk_errors(logits, y), "loss": F.cross_entropy(logits, y).item()}
+
+
+class DivergedError(RuntimeError):
+    pass
+
+
+def ensure_finite(state: State, cfg: P.TrainConfig) -> None:
+    """Refuse to checkpoint a diverged model: `last.pt` keeps the last finite state.
+
+    The loss trails the weights by one update, so the weights are checked too (one fused norm:
+    an overflowing norm means weights of 1e19 and more, diverged all the same).
+    """
+    loss = float(state.meter.get("loss", 0.0))
+    norm = torch.stack(torch._foreach_norm(list(state.model.parameters()))).norm().item()
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise DivergedError(
+            f"the training loss became {loss} (weight norm {norm}) by step {state.step}: "
+            "the run diverged. "
+            f"last.pt holds the last finite state; lower schedule.lr (now {cfg.schedule.lr}) "
+            "with --set schedule.lr=... and start a new run"
+        )
+
+
+def end_epoch(
+    state: State, cfg: P.TrainConfig, ds, device, out: Path, preset, lr: float, per_epoch: int
+) -> dict:
+    """Evaluate, log a metrics row, redraw the curves and checkpoint `last` (and `best`)."""
+    ensure_finite(state, cfg)
+    m = {k: float(v) for k, v in state.meter.items()}
+    n = max(m.get("n", 0.0), 1.0)
+    val = evaluate_val(unwrap(state.ema or state.model), ds, device, cfg)
+    row = {
+        "epoch": round(state.step / per_epoch, 3),
+        "step": state.step,
+        "lr": lr,
+        "train_loss": m.get("loss", 0.0) / n,
+        "train_top1_error": 1 - m.get("top1", 0.0) / n,
+        "train_top5_error": 1 - m.get("top5", 0.0) / n,
+        "val_loss": val["loss"],
+        "val_top1_error": val["top1_error"],
+        "val_top5_error": val["top5_error"],
+        "img_per_s": n / max(m.get("seconds", 0.0), 1e-9),
+        "seconds": round(state.elapsed, 1),
+        **depth_stats(unwrap(state.model)),
+    }
+    state.history.append(row)
+    state.meter = {}
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.history))
+    plot_curves(state.history, out / "curves.png")
+    top1 = 1 - val["top1_error"]
+    if top1 > state.best_top1:
+        state.best_top1 = top1
+        save_checkpoint(out / "best.pt", payload(state, cfg, ds, preset))
+    save_checkpoint(out / "last.pt", payload(state, cfg, ds, preset))
+    return row
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and top-1 error, train against val, per epoch (seed 000 Figures 5, 8 and 13)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        ax1.plot(epochs, [r[f"{split}_loss"] for r in history], label=split)
+        ax2.plot(epochs, [r[f"{split}_top1_error"] for r in history], label=f"{split} top-1")
+        ax2.plot(epochs, [r[f"{split}_top5_error"] for r in history], "--", label=f"{split} top-5")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.set(xlabel="epoch", ylabel="error", title="error", ylim=(0, 1))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def setup_distributed() -> tuple[int, int, torch.device | None]:
+    """(rank, world size, device) under torchrun; (0, 1, None) in a plain process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, None
+    cuda = torch.cuda.is_available()
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    return torch.distributed.get_rank(), world, torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def prepare_forward(state: State, cfg: P.TrainConfig, device: torch.device, world: int):
+    """Compile (CUDA only: on CPU compiling costs more than a short run gains) and wrap for DDP."""
+    if cfg.run.compile and device.type == "cuda":
+        compile_branches(state.model)
+    if world > 1:
+        # Blocks dropped by stochastic depth get no gradient in that step: DDP must be told.
+        state.model = torch.nn.parallel.DistributedDataParallel(
+            state.model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.model.survival_last < 1,
+        )
+    return state.model
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+def train(
+    cfg: P.TrainConfig,
+    data,
+    out,
+    *,
+    preset: str | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Train `cfg` on the dataset at `data` into `out`; return the last metrics row."""
+    rank, world, dist_device = setup_distributed()
+    device = torch.device(dist_device or device or pick_device())
+    out = Path(out)
+    last = out / "last.pt"
+    if last.exists() and not resume:
+        raise RunExistsError(f"{out} already holds a run: pass --resume, or choose a new --out")
+    ds, x, y = load_data(cfg, data, device)
+    if cfg.model.num_classes != len(ds.wnids):  # a class subset gets a head of its own size
+        cfg = replace(cfg, model={"num_classes": len(ds.wnids)})
+    state = build_state(cfg, device)
+    if resume and last.exists():
+        restore(state, load_checkpoint(last, map_location=device))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"preset": preset, **to_dict(cfg)}, indent=1))
+    fwd = prepare_forward(state, cfg, device, world)
+    augment = Augment(cfg.augment, ds.mean, ds.std)
+    bs, per_epoch = cfg.optim.batch_size, len(y) // cfg.optim.batch_size
+    total = max(1, round(cfg.run.epochs * per_epoch))
+    limit = cfg.run.time_limit * 60 if cfg.run.time_limit else None
+    t0, saved = time.perf_counter() - state.elapsed, time.perf_counter()
+    bar = tqdm(
+        total=total, initial=state.step, unit="step", disable=(rank != 0) or progress is False
+    )
+    lr, window = cfg.schedule.lr, time.perf_counter()
+    with StopOnSignal() as stop:
+        while not stop.requested:
+            state.elapsed = time.perf_counter() - t0
+            done = max(state.step / total, state.elapsed / limit if limit else 0.0)
+            if done >= 1:
+                break
+            lr = lr_at(cfg.schedule, done)
+            tick = time.perf_counter()
+            xb, yb = next_batch(state, x, y, bs, rank, world)
+            loss, logits = train_step(state, fwd, augment, xb, yb, cfg, lr)
+            accumulate(state.meter, loss, logits, yb)
+            state.meter["seconds"] = state.meter.get("seconds", 0.0) + time.perf_counter() - tick
+            state.step += 1
+            bar.update()
+            if state.step % 25 == 0:  # .item() waits for the GPU: only every 25 steps
+                img_s = bs * 25 / (time.perf_counter() - window)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{img_s:.0f}")
+                window = time.perf_counter()
+            if rank != 0:
+                continue
+            if state.pos == per_epoch:
+                row = end_epoch(state, cfg, ds, device, out, preset, lr, per_epoch)
+                bar.write(json.dumps({k: _round(v) for k, v in row.items()}))
+                saved = time.perf_counter()
+            elif time.perf_counter() - saved > cfg.run.checkpoint_minutes * 60:
+                ensure_finite(state, cfg)
+                save_checkpoint(last, payload(state, cfg, ds, preset))
+                saved = time.perf_counter()
+    bar.close()
+    if rank != 0:
+        return {}
+    if stop.requested:  # SIGTERM / Ctrl-C: keep everything, evaluate nothing
+        ensure_finite(state, cfg)
+        save_checkpoint(last, payload(state, cfg, ds, preset))
+        return {"interrupted": True, "step": state.step}
+    if state.meter or not state.history:  # the run ended inside an epoch: evaluate that part too
+        end_epoch(state, cfg, ds, device, out, preset, lr, per_epoch)
+    return state.history[-1]
+
+
+def _round(v):
+    return round(v, 4) if isinstance(v, float) else v
+
+
+class StopOnSignal:
+    """SIGTERM and Ctrl-C ask the loop to stop at the next step and checkpoint, not to die."""
+
+    def __enter__(self):
+        self.requested = False
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['optim.lr=0.2', 'model.stem=cifar'] → {'optim': {'lr': 0.2}, 'model': {'stem': 'cifar'}}."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set takes SECTION.KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a bare string such as cifar
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    p.add_argument("--preset", help="a name from --list-presets")
+    p.add_argument("--data", help="tiny-imagenet-200.zip or folder")
+    p.add_argument("--out", help="run folder (default: runs/PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--time-limit", type=float, help="minutes: anneal to the end of this budget")
+    p.add_argument("--epochs", type=float, help="override the preset's run length")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    args = p.parse_args(argv)
+    if args.list_presets:
+        print(P.describe())
+        return 0
+    if not args.preset or not args.data:
+        p.error("--preset and --data are required (see --list-presets)")
+    try:
+        overrides = parse_overrides(args.set)
+        run = overrides.setdefault("run", {})
+        if args.time_limit is not None:
+            run["time_limit"] = args.time_limit
+        if args.epochs is not None:
+            run["epochs"] = args.epochs
+        cfg = P.get(args.preset, **overrides)
+        out = args.out or f"runs/{args.preset}"
+        row = train(cfg, args.data, out, preset=args.preset, resume=args.resume, device=args.device)
+    except (ConfigError, DataError, CheckpointError, RunExistsError, DivergedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: _round(v) for k, v in row.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
