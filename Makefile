@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # What the test suite needs; each role installs only its own extra elsewhere.
-TEST_EXTRAS ?= train,dev
+TEST_EXTRAS ?= train,export,serve,client,dev
 
 .PHONY: test serve lint format clean
 

@@ -229,3 +229,24 @@ def test_parse_overrides():
     }
     with pytest.raises(ConfigError, match=r"SECTION\.KEY=VALUE"):
         T.parse_overrides(["lr=0.2"])
+
+
+def test_slim_checkpoint_rebuilds_the_same_network(tiny_zip, tmp_path):
+    from training.checkpoint import main as checkpoint_main
+
+    cfg = smoke(run={"epochs": 1}, optim={"ema": 0.9})
+    T.train(cfg, tiny_zip, tmp_path, progress=False)
+    for half in (False, True):
+        dst = tmp_path / f"slim-{half}.pt"
+        assert (
+            checkpoint_main(["slim", str(tmp_path / "last.pt"), str(dst)] + ["--half"] * half) == 0
+        )
+        full, _ = T.model_from_checkpoint(tmp_path / "last.pt")
+        lean, ckpt = T.model_from_checkpoint(dst)
+        assert "optimizer" not in ckpt
+        assert ckpt["slim"]["step"] == 6
+        x = torch.randn(2, 3, 64, 64)
+        tol = 2e-2 if half else 0.0
+        torch.testing.assert_close(lean(x), full(x), rtol=tol, atol=tol)
+        assert dst.stat().st_size < (tmp_path / "last.pt").stat().st_size / (4 if half else 2)
+    assert checkpoint_main(["slim", str(tmp_path / "missing.pt"), str(dst)]) == 2

@@ -160,7 +160,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
                 batch_size=128, nesterov=True, weight_decay=5e-4, label_smoothing=0.1
             ),
             schedule=ScheduleConfig(name="onecycle", lr=0.2, warmup=0.2),
-            run=RunConfig(epochs=8, time_limit=40),
+            run=RunConfig(epochs=10, time_limit=40),
         ),
     ),
     "smoke": (

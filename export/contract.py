@@ -1,0 +1,98 @@
+"""The exported model's contract, shared by export (which writes it) and serving (which reads it).
+
+Pure Python on purpose: the `serve` and `client` extras have no torch and no onnx, and serving
+imports this module to read a model file, so the two sides cannot drift.
+
+Graph:
+- input  `image`: uint8, shape (N, 64, 64, 3), RGB, NHWC, N dynamic. Normalisation by the
+  training set's mean and std happens inside the graph, so a caller only decodes and resizes.
+- outputs `logits` (N, C) float32 and `probabilities` (N, C) float32 (softmax of the logits).
+
+Metadata (ONNX `metadata_props`, every value a string; structured values are JSON) under the keys
+of `METADATA_KEYS`. `ModelCard.from_metadata` checks and parses them; a file without them is not
+one of ours and fails with a message that says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+FORMAT = "tiny-imagenet-onnx/1"
+INPUT_NAME = "image"
+OUTPUT_LOGITS = "logits"
+OUTPUT_PROBABILITIES = "probabilities"
+IMAGE_SIZE = 64
+# How any image becomes the 64x64 RGB input, the same in evaluation and serving: the training
+# and val images are already 64x64 (no resize); other sizes are resized with PIL's bicubic filter,
+# which antialiases when it shrinks.
+RESIZE_FILTER = "bicubic"
+
+
+class ContractError(ValueError):
+    """A model file whose metadata is missing or does not follow this contract."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything a consumer needs to know about an exported model, from the file alone."""
+
+    wnids: tuple[str, ...]
+    names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    preset: str | None = None
+    checkpoint_sha256: str | None = None
+    precision: str = "fp32"  # "fp32" | "int8" | "fp16"
+    model_config: dict = field(default_factory=dict)
+    val_top1: float | None = None  # measured by the export on the val images given to it
+    val_top5: float | None = None
+    val_images: int | None = None
+    exported_at: str | None = None
+    versions: dict = field(default_factory=dict)  # torch, onnx, onnxruntime at export time
+
+    def __post_init__(self):
+        if len(self.wnids) != len(self.names) or not self.wnids:
+            raise ContractError(
+                f"model metadata lists {len(self.wnids)} wnids and {len(self.names)} names"
+            )
+
+    @property
+    def input(self) -> dict:
+        return {
+            "name": INPUT_NAME,
+            "dtype": "uint8",
+            "shape": ["N", IMAGE_SIZE, IMAGE_SIZE, 3],
+            "layout": "NHWC",
+            "color": "RGB",
+            "resize": RESIZE_FILTER,
+            "normalization": "inside the graph: (x - mean) / std",
+        }
+
+    def to_metadata(self) -> dict[str, str]:
+        d = asdict(self)
+        return {"format": FORMAT, **{k: json.dumps(v) for k, v in d.items()}}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> ModelCard:
+        if meta.get("format") != FORMAT:
+            raise ContractError(
+                f"not a model exported by `python -m export` (metadata format "
+                f"{meta.get('format')!r}, expected {FORMAT!r})"
+            )
+        try:
+            d = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+        except json.JSONDecodeError as e:
+            raise ContractError(f"unreadable model metadata: {e}") from None
+        known = set(cls.__dataclass_fields__)
+        missing = {"wnids", "names", "mean", "std"} - set(d)
+        if missing:
+            raise ContractError(f"model metadata lacks {sorted(missing)}")
+        d = {k: v for k, v in d.items() if k in known}  # newer optional keys are ignored
+        for k in ("wnids", "names", "mean", "std"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+METADATA_KEYS = ("format", *ModelCard.__dataclass_fields__)
