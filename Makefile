@@ -20,9 +20,22 @@ test: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-serve:
-	@echo "make serve arrives with the serving issue (BentoML service over the exported model)." >&2
-	@exit 1
+# The service needs only the `serve` extra (BentoML, ONNX Runtime, numpy, Pillow; no torch).
+$(VENV)/.installed-serve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[serve]'
+	touch $@
+
+# Serve models/model.onnx (or $$TIN_MODEL) on http://localhost:$(PORT) from the repo root, where
+# bentofile.yaml names the service. Settings: see serving/config.py.
+PORT ?= 3000
+serve: $(VENV)/.installed-serve
+	@model="$${TIN_MODEL:-models/model.onnx}"; if [ ! -f "$$model" ]; then \
+	  echo "No model at $$model. The default model, models/model.onnx, is an ONNX file written" >&2; \
+	  echo "by the export stage (python -m export, see README.md); set TIN_MODEL=/path/to.onnx" >&2; \
+	  echo "to serve another exported model." >&2; \
+	  exit 1; fi
+	$(VENV)/bin/bentoml serve --port $(PORT)
 
 lint: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m ruff check .

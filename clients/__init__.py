@@ -1,1 +1,25 @@
-"""Clients: batch prediction against the serving API over HTTP."""
+"""Clients: batch prediction against the serving API over HTTP.
+
+Needs only the `client` extra (httpx, tqdm); Pillow only to send PIL images or numpy arrays.
+`python -m clients --help` for the command line.
+"""
+
+from clients.client import (
+    AsyncTinyImageNetClient,
+    ClientError,
+    Label,
+    ModelInfo,
+    Prediction,
+    Result,
+    TinyImageNetClient,
+)
+
+__all__ = [
+    "AsyncTinyImageNetClient",
+    "ClientError",
+    "Label",
+    "ModelInfo",
+    "Prediction",
+    "Result",
+    "TinyImageNetClient",
+]

@@ -45,6 +45,7 @@ class ModelCard:
     preset: str | None = None
     checkpoint_sha256: str | None = None
     precision: str = "fp32"  # "fp32" | "int8" | "fp16"
+    weights: str = "fp32"  # how the initializers are stored: "fp32", or "fp16" (cast at load)
     model_config: dict = field(default_factory=dict)
     val_top1: float | None = None  # measured by the export on the val images given to it
     val_top5: float | None = None

@@ -221,6 +221,29 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_bf16_supported_is_a_bool():
+    assert isinstance(T.bf16_supported("cpu"), bool)
+    assert isinstance(T.bf16_supported(torch.device("cpu")), bool)
+
+
+def test_bf16_without_native_support_trains_in_fp32_and_says_so(tiny_zip, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "bf16_supported", lambda device: False)
+    with pytest.warns(UserWarning, match=r"no native support .* ~15x slower") as caught:
+        T.train(smoke(run={"epochs": 1, "bf16": True}), tiny_zip, tmp_path, progress=False)
+    ours = [str(w.message) for w in caught if "bf16" in str(w.message)]
+    assert len(ours) == 1
+    assert "training in fp32; pass --set run.bf16=false to silence" in ours[0]
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["run"]["bf16"] is False
+    assert json.loads((tmp_path / "config.json").read_text())["run"]["bf16"] is False
+
+
+def test_bf16_is_kept_where_native(monkeypatch, recwarn):
+    monkeypatch.setattr(T, "bf16_supported", lambda device: True)
+    cfg = smoke(run={"bf16": True})
+    assert T.resolve_bf16(cfg, torch.device("cpu")) is cfg
+    assert not [w for w in recwarn if "bf16" in str(w.message)]
+
+
 def test_parse_overrides():
     assert T.parse_overrides(["optim.lr=0.2", "model.stem=cifar", "run.bf16=false"]) == {
         "optim": {"lr": 0.2},

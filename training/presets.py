@@ -43,9 +43,14 @@ class RunConfig:
     epochs: float = 30.0
     time_limit: float | None = None  # minutes; the schedule then follows the clock
     seed: int = 0
-    bf16: bool = True  # autocast; 2x on CUDA and on AVX-512-BF16 CPUs (385 vs 206 img/s here)
+    # autocast: 2x on CUDA and on AVX-512-BF16 CPUs (385 vs 206 img/s on one). Where bf16 is not
+    # native, train.resolve_bf16 runs fp32 instead, with a warning: emulated, it was ~15x slower.
+    bf16: bool = True
     channels_last: bool = True
-    compile: bool = True  # CUDA only: per-branch torch.compile (training/models.py)
+    # CUDA only: per-branch torch.compile (training/models.py). Off by default: on one H100
+    # (torch 2.11) the `final` SGD step ran 11,775 img/s eager and 6,376 compiled per branch
+    # (scripts/gpu/step_profile.py, README), and compiling costs a minute of the budget.
+    compile: bool = False
     checkpoint_minutes: float = 5.0  # `last.pt` at least this often, and at each epoch's end
     eval_batch_size: int = 500
 

@@ -1,0 +1,164 @@
+"""Uploaded bytes → the model's 64×64 RGB uint8 input, or an ImageError that names the problem.
+
+Pure PIL and numpy. For a 64×64 file with no alpha and no EXIF orientation (every Tiny ImageNet
+image) this is exactly the training data layer's decode (training/data.py `decode_image`: PIL
+open, load, convert("RGB")), so served predictions match `training.evaluate`. Beyond that:
+
+- formats: JPEG (and MPO, phones' multi-picture JPEG), PNG, WebP, BMP, GIF; animated GIF and
+  WebP give their first frame. Anything else is refused by format name, never guessed at.
+- EXIF orientation is applied, so a phone photo is classified the way it is displayed.
+- alpha (RGBA, LA, PA, a palette or PNG transparency key) is composited on white, as a browser
+  shows a transparent image, rather than dropped, which would expose whatever colour the
+  transparent pixels happen to hold (often black).
+- 16-bit grayscale is scaled to 8 bits (PIL's own convert would clip it to white).
+- other sizes are resized to 64×64 with PIL's bicubic filter (contract.RESIZE_FILTER), which
+  antialiases when it shrinks. The aspect ratio is not kept: the training images were squashed
+  to 64×64 the same way.
+- the pixel count is checked from the header before decoding: a decompression bomb is refused
+  without allocating its pixels.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from export.contract import IMAGE_SIZE, RESIZE_FILTER
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC}[RESIZE_FILTER]
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+# How files of the accepted formats start: a file that does but fails to open is damaged, not
+# "not an image".
+SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
+# Formats people do send that this service does not accept, to name them in the refusal.
+OTHER_SIGNATURES = {
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"8BPS": "PSD",
+    b"%PDF": "PDF",
+    b"\x00\x00\x01\x00": "ICO",
+    b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
+    b"\xff\x4f\xff\x51": "JPEG 2000",
+    b"qoif": "QOI",
+}
+ISO_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+
+class ImageError(ValueError):
+    """An upload that is not a usable image; `code` is the API's error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def sniff(data: bytes) -> str | None:
+    """The format the first bytes announce, accepted or not; None if they announce none."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for table in (SIGNATURES, OTHER_SIGNATURES):
+        for magic, name in table.items():
+            if data.startswith(magic):
+                return name
+    if data[4:8] == b"ftyp" and data[8:12] in ISO_BRANDS:
+        return ISO_BRANDS[data[8:12]]
+    head = data[:1024].lstrip().lower()
+    if head.startswith(b"<") and b"<svg" in head:
+        return "SVG"
+    return None
+
+
+def _refuse_unopenable(data: bytes) -> ImageError:
+    fmt = sniff(data)
+    if fmt in FORMATS:
+        return ImageError(
+            "truncated_image", f"the file starts like a {fmt} but cannot be read: truncated?"
+        )
+    if fmt is not None:
+        return ImageError(
+            "unsupported_format", f"{fmt} images are not supported; send {', '.join(FORMATS)}"
+        )
+    return ImageError("not_an_image", "the file is not an image (no known image format)")
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and check format and size before anything is decoded."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as e:  # PIL's own ceiling, above ours by default
+        raise ImageError("image_too_large", f"decompression bomb refused: {e}") from None
+    except UnidentifiedImageError:
+        raise _refuse_unopenable(data) from None
+    except Exception:  # damaged headers raise anything from struct.error to ValueError
+        raise _refuse_unopenable(data) from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ImageError(
+            "image_too_large",
+            f"{w}×{h} is {w * h:,} pixels, over the limit of {max_pixels:,} "
+            "(decompression-bomb guard)",
+        )
+    if w == 0 or h == 0:
+        im.close()
+        raise ImageError("corrupt_image", f"the image is {w}×{h} pixels")
+    return im
+
+
+def _load(im: Image.Image) -> None:
+    try:
+        im.load()
+    except Exception as e:  # decoders raise OSError, EOFError, SyntaxError, ...
+        text = str(e) or type(e).__name__
+        truncated = isinstance(e, EOFError) or "truncat" in text.lower()
+        code = "truncated_image" if truncated else "corrupt_image"
+        raise ImageError(code, f"cannot decode the {im.format} image: {text}") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # a malformed EXIF block should not cost the image
+        return im
+
+
+def _sixteen_to_eight(im: Image.Image) -> Image.Image:
+    a = np.asarray(im).astype(np.int64)
+    if im.mode != "I" or a.max(initial=0) > 255:  # "I" holds 8-bit data as often as 16-bit
+        a = (np.clip(a, 0, 65535) * 255 + 32767) // 65535
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB; alpha composited on white."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        im = _sixteen_to_eight(im)
+    if im.mode in ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """The (64, 64, 3) uint8 RGB array for one uploaded file; ImageError if it is unusable."""
+    if not data:
+        raise ImageError("empty_image", "the image is empty (0 bytes)")
+    with _open(data, max_pixels) as im:
+        _load(im)
+        rgb = to_rgb(_upright(im))
+    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
+    return np.asarray(rgb, dtype=np.uint8)

@@ -1,0 +1,161 @@
+"""Small ONNX models that follow export/contract.py, for the serving and client tests.
+
+The graph has the exported model's interface without its size: uint8 NHWC `image` → float →
+(x - mean) / std → 8×8 average pooling → a fixed random linear layer → `logits` → softmax →
+`probabilities`. It is deterministic and sees colour and layout, so a wrong channel order or a
+wrong resize changes its answers, and it builds and loads in milliseconds. Needs the `onnx`
+package (the export extra), which tests may use and serving must not.
+
+    from tests.serving_fixtures import write_model, fixture_images
+    path = write_model(tmp_path / "tiny.onnx", classes=4)
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from export.contract import (
+    IMAGE_SIZE,
+    INPUT_NAME,
+    OUTPUT_LOGITS,
+    OUTPUT_PROBABILITIES,
+    ModelCard,
+)
+from training.fixtures import class_list, synthetic_image
+
+POOL = 8  # 64×64 → 8×8 cells per channel: 192 features
+MEAN = (122.46, 114.26, 101.36)  # the real training set's, as the export writes them
+STD = (70.49, 68.56, 71.81)
+
+
+def fixture_card(classes: int = 4, **overrides) -> ModelCard:
+    """A model card like the export's, with the fixture classes' wnids and names."""
+    pairs = class_list(classes)
+    fields = {
+        "wnids": tuple(w for w, _ in pairs),
+        "names": tuple(n.split(",")[0] for _, n in pairs),  # words.txt's first name
+        "mean": MEAN,
+        "std": STD,
+        "preset": "fixture",
+        "checkpoint_sha256": "0" * 64,
+        "precision": "fp32",
+        "model_config": {"arch": "linear-probe", "classes": classes},
+        "val_top1": 0.5,
+        "val_top5": 0.9,
+        "val_images": 16,
+        "exported_at": "2026-01-01T00:00:00Z",
+        "versions": {"onnx": "fixture", "onnxruntime": "fixture"},
+    }
+    fields.update(overrides)
+    return ModelCard(**fields)
+
+
+def _parameters(classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    features = 3 * POOL * POOL
+    weight = rng.normal(0, 1 / np.sqrt(features), (features, classes)).astype(np.float32)
+    bias = rng.normal(0, 0.1, classes).astype(np.float32)
+    return weight, bias
+
+
+def build_model(classes: int = 4, seed: int = 0, card: ModelCard | None = None):
+    """The onnx.ModelProto (imported lazily: only the tests that build models need onnx)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    card = card or fixture_card(classes)
+    weight, bias = _parameters(len(card.wnids), seed)
+    features = len(weight)
+    cell = IMAGE_SIZE // POOL
+    inits = [
+        numpy_helper.from_array(np.array(card.mean, np.float32), "mean"),
+        numpy_helper.from_array(np.array(card.std, np.float32), "std"),
+        numpy_helper.from_array(weight, "weight"),
+        numpy_helper.from_array(bias, "bias"),
+        numpy_helper.from_array(np.array([-1, features], np.int64), "flat_shape"),
+    ]
+    nodes = [
+        helper.make_node("Cast", [INPUT_NAME], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["x", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["normed"]),
+        helper.make_node("Transpose", ["normed"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node(
+            "AveragePool", ["nchw"], ["pooled"], kernel_shape=[cell, cell], strides=[cell, cell]
+        ),
+        helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "weight"], ["scores"]),
+        helper.make_node("Add", ["scores", "bias"], [OUTPUT_LOGITS]),
+        helper.make_node("Softmax", [OUTPUT_LOGITS], [OUTPUT_PROBABILITIES], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_imagenet_fixture",
+        [
+            helper.make_tensor_value_info(
+                INPUT_NAME, TensorProto.UINT8, ["N", IMAGE_SIZE, IMAGE_SIZE, 3]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(OUTPUT_LOGITS, TensorProto.FLOAT, ["N", classes]),
+            helper.make_tensor_value_info(OUTPUT_PROBABILITIES, TensorProto.FLOAT, ["N", classes]),
+        ],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests.serving_fixtures"
+    )
+    model.ir_version = 8  # what ONNX Runtime releases of the last years all read
+    helper.set_model_props(model, card.to_metadata())
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_model(
+    path: str | Path, classes: int = 4, seed: int = 0, card: ModelCard | None = None
+) -> Path:
+    """Write a fixture model to `path` (its stem is the name the service reports)."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(build_model(classes, seed, card), str(path))
+    return path
+
+
+def reference_probabilities(images: np.ndarray, classes: int = 4, seed: int = 0) -> np.ndarray:
+    """The fixture model's output computed with numpy, to check a backend against."""
+    card = fixture_card(classes)
+    weight, bias = _parameters(classes, seed)
+    features = len(weight)
+    x = (images.astype(np.float32) - np.float32(card.mean)) / np.float32(card.std)
+    cell = IMAGE_SIZE // POOL
+    n = len(images)
+    pooled = x.reshape(n, POOL, cell, POOL, cell, 3).mean(axis=(2, 4))  # (n, 8, 8, 3)
+    flat = pooled.transpose(0, 3, 1, 2).reshape(n, features)  # NCHW order, as the graph
+    logits = flat @ weight + bias
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fixture_array(label: int = 0, classes: int = 4, seed: int = 0) -> np.ndarray:
+    """A 64×64×3 uint8 image like the training fixture's."""
+    return synthetic_image(label, classes, np.random.default_rng(seed))
+
+
+def encode(img: np.ndarray | Image.Image, fmt: str = "JPEG", **save_args) -> bytes:
+    """An image file's bytes; JPEG at quality 90 as the training fixture writes them."""
+    im = img if isinstance(img, Image.Image) else Image.fromarray(img)
+    if fmt == "JPEG":
+        save_args.setdefault("quality", 90)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **save_args)
+    return buf.getvalue()
+
+
+def fixture_images(n: int = 4, classes: int = 4, fmt: str = "JPEG") -> list[bytes]:
+    """`n` encoded fixture images cycling through the classes."""
+    return [encode(fixture_array(i % classes, classes, seed=i), fmt) for i in range(n)]

@@ -1,0 +1,402 @@
+"""Export: folding per unit variant, the ONNX graph and its metadata, parity with PyTorch, INT8,
+errors, and everything around TensorRT that runs without it."""
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from export import contract as C
+from export import onnx_export as E
+from export import quantize as Q
+from export import tensorrt as T
+from export.__main__ import main
+from export.fold import (
+    ChannelAffine,
+    FoldError,
+    count_modules,
+    fold_bn_into_conv,
+    fold_model,
+    fold_survival,
+)
+from export.pipeline import export, int8_path
+from training import presets as P
+from training import train as TR
+from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
+from training.data import load
+from training.models import Chain, build_model
+
+SMALL = {"layers": (1, 1, 1, 1), "widths": (8, 16, 32, 64), "num_classes": 10}
+
+
+def randomize_bn(model, seed=0):
+    """Non-trivial test-time statistics, so that every fold changes the weights."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data = torch.randn(c, generator=g) * 0.5 + 1
+            m.bias.data = torch.randn(c, generator=g) * 0.2
+    return model
+
+
+def rel_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+# --- folding -------------------------------------------------------------------------------------
+
+FOLD_CASES = {
+    # He et al. 2016 Fig. 4 units (a)-(e), stochastic depth on (p_L = 0.5)
+    **{f"unit-{v}": ("resnet18", {**SMALL, "variant": v, "survival_last": 0.5}) for v in "abcde"},
+    "unit-e-avgpool-pad": ("resnet18", {**SMALL, "variant": "e", "survival_last": 0.5,
+                                        "shortcut": "avgpool-pad"}),
+    "unit-b-avgpool-pad": ("resnet18", {**SMALL, "variant": "b", "survival_last": 0.5,
+                                        "shortcut": "avgpool-pad"}),
+    # seed 002: dropout inside each basic block and before the classifier
+    "dropout-block": ("ebrahimi-net4", {"num_classes": 10, "survival_last": 0.5}),
+    "plain-twin": ("plain18", SMALL),
+    "cifar-stem": ("resnet18-cifar", {**SMALL, "survival_last": 0.8}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FOLD_CASES)
+def test_folded_model_equals_eval_model(case):
+    name, overrides = FOLD_CASES[case]
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(name, **overrides)).train()  # mode must not matter
+    before = count_modules(model)
+    folded = fold_model(model)
+    assert model.training
+    assert count_modules(model) == before
+    after = count_modules(folded)
+    assert after["batchnorm"] == after["dropout"] == after["scaled_blocks"] == 0
+    assert not folded.training
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_error(folded(x), model.eval()(x)) <= 1e-5
+
+
+def test_pre_activation_bn_becomes_affine_and_unit_b_projection_folds_away():
+    e = fold_model(randomize_bn(build_model("resnet18", **SMALL, variant="e")))
+    # four blocks' leading pre-activation BN and the final BN before pooling (He et al. §4.1)
+    assert count_modules(e)["affine"] == 5
+    b = fold_model(randomize_bn(build_model("resnet18", **SMALL, variant="b")))
+    # post-add BN: folds into both addends where the shortcut is a projection (stages 2-4)
+    assert count_modules(b)["affine"] == 1
+
+
+def test_bn_folds_into_conv_and_survival_passes_through_relu():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1, bias=False), randomize_bn(nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert rel_error(fold_bn_into_conv(conv, bn)(x), bn(conv(x))) < 1e-6
+        branch = Chain(conv, nn.ReLU())
+        assert rel_error(fold_survival(branch, 0.3)(x), 0.3 * branch(x)) < 1e-6
+
+
+def test_unfoldable_modules_are_named():
+    with pytest.raises(FoldError, match=r"cannot fold p=0\.5"):
+        fold_survival(Chain(nn.Conv2d(3, 3, 1), ChannelAffine(torch.ones(3), torch.ones(3))), 0.5)
+    with pytest.raises(FoldError, match="no folding rule for GELU"):
+        fold_model(nn.Sequential(nn.GELU()))
+
+
+# --- the exported fixture model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_zip, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the autouse private cache is not on
+        mp.setenv("TINY_IMAGENET_CACHE", str(out / "cache"))
+        TR.train(P.get("smoke"), tiny_zip, out, preset="smoke", progress=False)
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_ckpt, tiny_zip, tmp_path_factory):
+    """`export(..., int8=True)` once: fp32 and int8 models and the report."""
+    out = tmp_path_factory.mktemp("models") / "tiny.onnx"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINY_IMAGENET_CACHE", str(out.parent / "cache"))
+        report = export(tiny_ckpt, out, data=tiny_zip, int8=True, calib_images=48, bench=False,
+                        count_unfolded=False)  # fmt: skip
+    return out, report
+
+
+def test_graph_structure(exported):
+    path, _ = exported
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    ops = E.op_counts(model)
+    assert not {"BatchNormalization", "Dropout"} & set(ops)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (inp,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert inp.name == C.INPUT_NAME
+    assert isinstance(dims[0], str)
+    assert dims[1:] == [64, 64, 3]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [o.name for o in model.graph.output] == [C.OUTPUT_LOGITS, C.OUTPUT_PROBABILITIES]
+
+
+def test_metadata_round_trip(exported, tiny_ckpt):
+    path, report = exported
+    card = E.read_card(path)
+    ckpt = load_checkpoint(tiny_ckpt)
+    assert card.wnids == tuple(ckpt["classes"]["wnids"])
+    assert card.names[0] == "goldfish"
+    assert card.mean == tuple(ckpt["preprocessing"]["mean"])
+    assert card.checkpoint_sha256 == file_sha256(tiny_ckpt)
+    assert card.preset == "smoke"
+    assert card.precision == "fp32"
+    assert card.model_config == ckpt["config"]["model"]
+    assert card.val_images == 16
+    assert card.val_top1 == report["fp32"]["val_top1"]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert set(C.METADATA_KEYS) <= set(meta)
+    assert C.ModelCard.from_metadata(meta) == card
+    assert json.loads(meta["input"])["dtype"] == "uint8"
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_onnx_matches_pytorch(exported, tiny_ckpt, batch):
+    path, _ = exported
+    model, ckpt = E.load_model(tiny_ckpt)
+    x = E.random_images(batch, seed=batch)
+    ref = E.run_torch(model, x, ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"])
+    logits, probs = E.session(path).run(None, {C.INPUT_NAME: x})
+    assert logits.shape == (batch, 4)
+    assert np.abs(logits - ref).max() <= E.LOGIT_ATOL
+    assert (logits.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(ref), 1).numpy(), atol=1e-5)
+
+
+def test_int8_keeps_top1(exported, tiny_zip):
+    path, report = exported
+    q = int8_path(path)
+    assert report["int8"]["path"] == str(q)
+    card = E.read_card(q)
+    assert card.precision == "int8"
+    assert card.val_images == 16
+    assert "QuantizeLinear" in E.op_counts(onnx.load(str(q)))
+    ds = load(tiny_zip)
+    x = np.concatenate([ds.train.x, ds.val.x])
+    fp32, int8 = E.run_onnx(E.session(path), x), E.run_onnx(E.session(q), x)
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
+    assert report["int8"]["vs_fp32"]["top1_agreement"] >= 0.9
+    saved = json.loads(path.with_name("tiny.export.json").read_text())
+    assert saved["int8"]["val_top1"] == card.val_top1
+
+
+def test_throughput_runs(exported):
+    path, _ = exported
+    assert Q.throughput(path, batch_size=4, threads=1, seconds=0.1) > 0
+
+
+# --- node counts: what folding removes -----------------------------------------------------------
+
+
+def test_unfolded_graph_keeps_what_folding_removes():
+    torch.manual_seed(0)
+    cfg_model = build_model("resnet18", **SMALL, variant="e", survival_last=0.5)
+    model = randomize_bn(cfg_model).eval()
+    ckpt = {
+        "preset": None,
+        "config": {"model": asdict(model.config)},
+        "classes": {"wnids": [f"n{i}" for i in range(10)], "names": [f"c{i}" for i in range(10)]},
+        "preprocessing": {"mean": [120.0, 110.0, 100.0], "std": [60.0, 58.0, 59.0]},
+    }
+    result = E.export_fp32(model, ckpt, random_batches=(3,), count_unfolded=True)
+    before, after = result.nodes_before, result.nodes_after
+    assert before["BatchNormalization"] == 5  # the exporter itself fuses only conv→BN pairs
+    assert "BatchNormalization" not in after
+    # survival scaling: one Mul per block before; after, Muls are the normalisation and the five
+    # pre-activation affines only
+    assert before["Mul"] == 1 + 4
+    assert after["Mul"] == 1 + 5
+    assert result.parity["random batch 3"].max_abs_logit_diff <= E.LOGIT_ATOL
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        E.load_model(bad)
+    assert main(["--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_checkpoint_whose_weights_do_not_fit(tiny_ckpt, tmp_path):
+    ckpt = load_checkpoint(tiny_ckpt)
+    ckpt["config"]["model"]["widths"] = [16, 32, 64, 128]
+    save_checkpoint(tmp_path / "wrong.pt", {k: v for k, v in ckpt.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        E.load_model(tmp_path / "wrong.pt")
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a tiny-imagenet-resnet"):
+        E.load_model(tmp_path / "foreign.pt")
+
+
+def test_data_with_other_classes_is_refused(tiny_ckpt, tiny_zip):
+    ckpt = load_checkpoint(tiny_ckpt)
+    ckpt["classes"]["wnids"] = ckpt["classes"]["wnids"][::-1]  # trained on another class order
+    with pytest.raises(E.ExportError, match="not the checkpoint's 4"):
+        E.load_val(tiny_zip, ckpt)
+
+
+def test_parity_failure_gives_figures():
+    ref = np.array([[1.0, 0.0], [0.0, 2.0]], np.float32)
+    with pytest.raises(E.ParityError, match=r"max \|Δlogit\| 1\.00e-03.*top-1 agreement 100"):
+        E.check_parity("test", ref, ref + 1e-3)
+    with pytest.raises(E.ParityError, match="1 differ"):
+        E.check_parity("test", ref, np.array([[0.0, 1.0], [0.0, 2.0]], np.float32))
+
+
+def test_fp16_weights_halve_the_file_and_stay_within_tolerance(exported, tiny_ckpt, tiny_zip,
+                                                               tmp_path, monkeypatch):  # fmt: skip
+    monkeypatch.setenv("TINY_IMAGENET_CACHE", str(tmp_path / "cache"))
+    fp32_path, _ = exported
+    out = tmp_path / "half.onnx"
+    report = export(tiny_ckpt, out, data=tiny_zip, weights="fp16", int8=True, calib_images=48,
+                    bench=False, count_unfolded=False)  # fmt: skip
+    assert out.stat().st_size < 0.6 * fp32_path.stat().st_size
+    card = E.read_card(out)
+    assert (card.weights, card.precision) == ("fp16", "fp32")
+    model = onnx.load(str(out))
+    big = [i.data_type for i in model.graph.initializer if np.prod(i.dims) >= 1024]
+    assert big
+    assert set(big) == {onnx.TensorProto.FLOAT16}  # small tensors stay fp32: nothing to gain
+    x = E.random_images(64, seed=3)
+    full, half = E.run_onnx(E.session(fp32_path), x), E.run_onnx(E.session(model), x)
+    assert 0 < np.abs(full - half).max() <= E.WEIGHTS_ATOL["fp16"]
+    assert report["fp32"]["parity"]["val"]["top1_mismatches"] == 0
+    # The quantizer was given fp32 initializers again, and quantized them.
+    restored = E.load_fp16(model)
+    assert E.op_counts(restored)["Cast"] == E.op_counts(onnx.load(str(fp32_path)))["Cast"]
+    np.testing.assert_allclose(E.run_onnx(E.session(restored), x), half, atol=1e-5)
+    assert "QuantizeLinear" in E.op_counts(onnx.load(str(int8_path(out))))
+
+
+def test_weights_beyond_fp16_range_are_refused(exported):
+    from onnx import numpy_helper
+
+    model = onnx.load(str(exported[0]))
+    init = max(model.graph.initializer, key=lambda i: np.prod(i.dims))
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] = 1e6
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    with pytest.raises(E.ExportError, match=f"{init.name} exceeds fp16's range"):
+        E.store_fp16(model)
+
+
+def test_unusable_options_fail_before_any_work(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["--checkpoint", str(tiny_ckpt), "--out", str(out), "--int8"]) == 2
+    assert "--int8 needs --data" in capsys.readouterr().err
+    with pytest.raises(E.ExportError, match=r"unknown weights 'int4'; valid: fp32, fp16"):
+        export(tiny_ckpt, out, weights="int4", bench=False)
+    with pytest.raises(ValueError, match=r"valid: \['cpu', 'tensorrt'\]"):
+        Q.quantize_int8(onnx.ModelProto(), np.zeros((1, 64, 64, 3), np.uint8), target="gpu")
+    assert not out.exists()
+
+
+# --- TensorRT: all that runs without it ----------------------------------------------------------
+
+
+def _tensorrt_importable():
+    try:
+        T.import_tensorrt()
+    except T.TensorRTUnavailable:
+        return False
+    return True
+
+
+HAS_TRT = _tensorrt_importable()
+NO_GPU_TRT = "TensorRT 10 with a CUDA GPU is not available here (pip install '.[gpu]' on one)"
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: its absence cannot be tested")
+def test_missing_tensorrt_is_explained(tiny_ckpt, tmp_path, capsys):
+    with pytest.raises(T.TensorRTUnavailable, match=r"tensorrt-cu12==10\.16\.1\.11"):
+        T.import_tensorrt()
+    argv = ["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "m.onnx"),
+            "--tensorrt", str(tmp_path / "m.engine")]  # fmt: skip
+    assert main(argv) == 2
+    assert "TensorRT is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()  # failed before the export, not after
+
+
+def test_engine_options_are_checked(exported):
+    path, _ = exported
+    fp32, int8 = onnx.load(str(path)), onnx.load(str(int8_path(path)))
+    assert not T.has_qdq(fp32)
+    assert T.has_qdq(int8)
+    T.check_precision("fp16", fp32)
+    T.check_precision("int8", int8)
+    with pytest.raises(ValueError, match=r"valid: \['fp32', 'fp16', 'int8'\]"):
+        T.check_precision("bf16", fp32)
+    with pytest.raises(ValueError, match="Q/DQ ONNX"):
+        T.check_precision("int8", fp32)
+    with pytest.raises(ValueError, match="from the fp32 ONNX"):
+        T.check_precision("fp16", int8)
+    assert T.profile_shapes(32, 8) == {"min": (1, 64, 64, 3), "opt": (8, 64, 64, 3),
+                                       "max": (32, 64, 64, 3)}  # fmt: skip
+    with pytest.raises(ValueError, match="opt_batch"):
+        T.profile_shapes(8, 16)
+
+
+def test_onnxruntime_gpu_provider_options(tmp_path):
+    trt, _, cpu = T.ort_providers("tensorrt", precision="int8", max_batch=128, cache_dir="c")
+    name, opts = trt
+    assert name == "TensorrtExecutionProvider"
+    assert cpu == "CPUExecutionProvider"
+    assert opts["trt_int8_enable"]
+    assert opts["trt_fp16_enable"]
+    assert opts["trt_engine_cache_enable"]
+    assert opts["trt_profile_max_shapes"] == "image:128x64x64x3"
+    assert opts["trt_profile_min_shapes"] == "image:1x64x64x3"
+    assert T.ort_providers("cuda")[0][0] == "CUDAExecutionProvider"
+    with pytest.raises(ValueError, match=r"valid: \['tensorrt', 'cuda'\]"):
+        T.ort_providers("rocm")
+
+
+def test_onnxruntime_gpu_path_does_not_fall_back_silently(exported):
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the TensorRT provider")
+    with pytest.raises(T.TensorRTUnavailable, match="not TensorrtExecutionProvider"):
+        T.ort_session(exported[0], "tensorrt")
+
+
+@pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()), reason=NO_GPU_TRT)
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_engine_matches_onnxruntime(exported, tmp_path, precision):
+    path, _ = exported
+    src = path
+    if precision == "int8":
+        calib = E.random_images(64)
+        src = E.save(Q.quantize_int8(onnx.load(str(path)), calib, target="tensorrt"),
+                     tmp_path / "qdq.onnx")  # fmt: skip
+    engine = T.build_engine(src, tmp_path / f"{precision}.engine", precision=precision,
+                            max_batch=64)  # fmt: skip
+    runner = T.EngineRunner(engine)
+    x = E.random_images(64)
+    ref = E.run_onnx(E.session(path), x)
+    got = runner.logits(torch.from_numpy(x).cuda()).cpu().numpy()
+    if precision == "fp16":
+        assert np.abs(got - ref).max() < 0.05
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9

@@ -1,0 +1,508 @@
+"""The BentoML service: every endpoint and every bad input in-process through its ASGI app, the
+preprocessing against the training data layer, and one run of the real `bentoml serve`."""
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving import config
+from serving.backend import ModelFileError, OnnxBackend, read_card
+from serving.preprocess import ImageError, decode
+from tests.serving_fixtures import (
+    build_model,
+    encode,
+    fixture_array,
+    fixture_card,
+    fixture_images,
+    reference_probabilities,
+    write_model,
+)
+from training.data import decode_image
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = 4
+LIMITS = {"TIN_MAX_UPLOAD_MB": "1", "TIN_MAX_BATCH_IMAGES": "8", "TIN_MAX_PIXELS": "1000000"}
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return write_model(tmp_path_factory.mktemp("models") / "tiny.onnx", classes=CLASSES)
+
+
+@pytest.fixture(scope="module")
+def client(model_path, tmp_path_factory):
+    """The service in-process through its ASGI app, started (model warmed) once per module."""
+    from starlette.testclient import TestClient
+
+    from serving.service import Classifier
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIN_MODEL", str(model_path))
+        for k, v in LIMITS.items():
+            mp.setenv(k, v)
+        # BentoML's /metrics reads the prometheus multiprocess folder `bentoml serve` makes.
+        mp.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("prometheus")))
+        with TestClient(Classifier.to_asgi()) as c:
+            yield c
+
+
+def expected_top1(data: bytes) -> int:
+    return int(reference_probabilities(decode(data)[None], CLASSES)[0].argmax())
+
+
+def classify(client, data: bytes, top_k=None, content_type="image/jpeg"):
+    form = {} if top_k is None else {"top_k": str(top_k)}
+    return client.post("/classify", files={"image": ("x", data, content_type)}, data=form)
+
+
+def assert_error(response, status: int, code: str):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+
+
+# --- bad files ---------------------------------------------------------------------------------
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that announces width×height 8-bit RGB pixels and holds almost none."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def bomb() -> bytes:
+    """A real 1200×1200 PNG (1.44 M pixels) of a few kB: over the tests' 1 M pixel limit."""
+    return encode(Image.new("L", (1200, 1200)), "PNG", optimize=True)
+
+
+GOOD_JPEG = fixture_images(1)[0]
+GOOD_PNG = encode(fixture_array(1), "PNG")
+BAD_FILES = {
+    "empty": (b"", "empty_image"),
+    "random bytes": (np.random.default_rng(0).bytes(3000), "not_an_image"),
+    "text": (b"hello, this is not an image\n", "not_an_image"),
+    "truncated JPEG": (GOOD_JPEG[: len(GOOD_JPEG) // 2], "truncated_image"),
+    "JPEG header only": (GOOD_JPEG[:40], "truncated_image"),
+    "truncated PNG": (GOOD_PNG[: len(GOOD_PNG) // 2], "truncated_image"),
+    "TIFF": (encode(fixture_array(0), "TIFF"), "unsupported_format"),
+    "SVG": (
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>',
+        "unsupported_format",
+    ),
+    "decompression bomb": (bomb(), "image_too_large"),
+    "PIL-size bomb": (png_header_only(100_000, 100_000), "image_too_large"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_classify_refuses_bad_files_with_400(client, name):
+    data, code = BAD_FILES[name]
+    assert_error(classify(client, data), 400, code)
+
+
+@pytest.mark.parametrize("name", ["empty", "truncated JPEG", "TIFF", "decompression bomb"])
+def test_classify_refuses_bad_raw_bodies_with_400(client, name):
+    data, code = BAD_FILES[name]
+    r = client.post("/classify", content=data, headers={"content-type": "image/jpeg"})
+    assert_error(r, 400, code)
+
+
+# --- /classify ---------------------------------------------------------------------------------
+
+
+def test_classify_returns_top_k_with_labels(client):
+    card = fixture_card(CLASSES)
+    r = classify(client, GOOD_JPEG, top_k=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "tiny"
+    preds = body["predictions"]
+    assert [p["rank"] for p in preds] == [1, 2, 3]
+    assert set(preds[0]) == {"rank", "wnid", "label", "probability"}
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True)
+    assert 0 < sum(probs) <= 1.0001
+    top = card.wnids.index(preds[0]["wnid"])
+    assert top == expected_top1(GOOD_JPEG)
+    assert preds[0]["label"] == card.names[top]
+    expected = reference_probabilities(decode(GOOD_JPEG)[None], CLASSES)[0][top]
+    assert preds[0]["probability"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_default_top_k_is_5_and_capped_by_the_class_count(client):
+    assert len(classify(client, GOOD_JPEG).json()["predictions"]) == CLASSES  # 5 > 4 classes
+    assert len(classify(client, GOOD_JPEG, top_k=200).json()["predictions"]) == CLASSES
+    assert len(classify(client, GOOD_JPEG, top_k=1).json()["predictions"]) == 1
+
+
+def test_raw_image_body_with_top_k_in_the_query(client):
+    r = client.post("/classify?top_k=2", content=GOOD_PNG, headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 2
+    assert r.json()["predictions"] == classify(client, GOOD_PNG, 2).json()["predictions"]
+
+
+def test_declared_content_type_is_ignored_for_a_good_jpeg(client):
+    # The format comes from the bytes: a JPEG labelled image/png (or anything) is still read.
+    right = classify(client, GOOD_JPEG).json()
+    assert classify(client, GOOD_JPEG, content_type="image/png").json() == right
+    assert classify(client, GOOD_JPEG, content_type="text/plain").json() == right
+    raw = client.post("/classify", content=GOOD_JPEG, headers={"content-type": "image/png"})
+    assert raw.json() == right
+
+
+@pytest.mark.parametrize("top_k", ["0", "201", "-1", "abc", "1.5"])
+def test_top_k_out_of_range_or_not_an_integer(client, top_k):
+    assert_error(classify(client, GOOD_JPEG, top_k), 400, "bad_top_k")
+    files = [("images", ("a", GOOD_JPEG, "image/jpeg"))]
+    r = client.post("/classify_batch", files=files, data={"top_k": top_k})
+    assert_error(r, 400, "bad_top_k")
+    r = client.post(
+        f"/classify?top_k={top_k}", content=GOOD_JPEG, headers={"content-type": "image/jpeg"}
+    )
+    assert_error(r, 400, "bad_top_k")
+
+
+def test_upload_over_the_limit_is_413(client):
+    big = GOOD_JPEG + b"\x00" * (1024 * 1024)  # TIN_MAX_UPLOAD_MB=1 here
+    assert_error(classify(client, big), 413, "upload_too_large")
+    r = client.post("/classify", content=big, headers={"content-type": "image/jpeg"})
+    assert_error(r, 413, "upload_too_large")
+    files = [("images", ("a", GOOD_JPEG, "image/jpeg"))] * 2 + [("images", ("b", big, "x"))]
+    assert_error(client.post("/classify_batch", files=files), 413, "upload_too_large")
+
+
+def test_upload_without_content_length_is_cut_off_at_the_limit(client):
+    def chunks():  # httpx sends a generator chunked, with no Content-Length to trust
+        yield GOOD_JPEG
+        for _ in range(40):
+            yield b"\x00" * 65536
+
+    r = client.post("/classify", content=chunks(), headers={"content-type": "image/jpeg"})
+    assert_error(r, 413, "upload_too_large")
+
+
+def test_request_level_problems_of_classify(client):
+    assert_error(client.post("/classify", data={"top_k": "3"}), 400, "missing_image")
+    r = client.post("/classify", data={"image": "not a file"})
+    assert_error(r, 400, "missing_image")
+    r = client.post("/classify", json={"image": "aGVsbG8="})
+    assert_error(r, 415, "unsupported_media_type")
+    r = client.post(
+        "/classify",
+        content=b"--x\r\nbroken",
+        headers={"content-type": "multipart/form-data"},  # no boundary
+    )
+    assert_error(r, 400, "bad_multipart")
+    two = [("image", ("a", GOOD_JPEG, "image/jpeg"))] * 2
+    assert_error(client.post("/classify", files=two), 400, "too_many_images")
+
+
+# --- /classify_batch ---------------------------------------------------------------------------
+
+
+def test_batch_keeps_order_and_reports_bad_images_per_item(client):
+    images = fixture_images(4)
+    bad = BAD_FILES["truncated JPEG"][0]
+    sent = [images[0], bad, images[1], b"", images[2], images[3]]
+    files = [("images", (f"{i}.jpg", d, "image/jpeg")) for i, d in enumerate(sent)]
+    r = client.post("/classify_batch", files=files, data={"top_k": "2"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "tiny"
+    results = body["results"]
+    assert [x["index"] for x in results] == list(range(len(sent)))
+    assert results[1] == {
+        "index": 1,
+        "error": {"code": "truncated_image", "message": results[1]["error"]["message"]},
+    }
+    assert results[3]["error"]["code"] == "empty_image"
+    for i in (0, 2, 4, 5):
+        assert len(results[i]["predictions"]) == 2
+        single = classify(client, sent[i], top_k=2).json()["predictions"]
+        assert results[i]["predictions"] == single
+
+
+def test_batch_of_only_bad_images_is_still_answered_per_item(client):
+    files = [("images", ("a", b"", "image/jpeg")), ("images", ("b", b"xx", "image/jpeg"))]
+    r = client.post("/classify_batch", files=files)
+    assert r.status_code == 200, r.text
+    assert [x["error"]["code"] for x in r.json()["results"]] == ["empty_image", "not_an_image"]
+
+
+def test_batch_request_level_problems(client):
+    nine = [("images", (f"{i}", GOOD_JPEG, "image/jpeg")) for i in range(9)]  # limit is 8 here
+    assert_error(client.post("/classify_batch", files=nine), 400, "too_many_images")
+    assert client.post("/classify_batch", files=nine[:8]).status_code == 200
+    r = client.post("/classify_batch", files=[("image", ("a", GOOD_JPEG, "image/jpeg"))])
+    assert_error(r, 400, "missing_images")
+    r = client.post("/classify_batch", content=GOOD_JPEG, headers={"content-type": "image/jpeg"})
+    assert_error(r, 415, "unsupported_media_type")
+
+
+# --- GET routes and BentoML's own --------------------------------------------------------------
+
+
+def test_labels(client):
+    card = fixture_card(CLASSES)
+    labels = client.get("/labels").json()["labels"]
+    assert labels == [
+        {"index": i, "wnid": w, "label": n}
+        for i, (w, n) in enumerate(zip(card.wnids, card.names, strict=True))
+    ]
+
+
+def test_model_describes_card_backend_and_limits(client):
+    card = fixture_card(CLASSES)
+    m = client.get("/model").json()
+    assert m["name"] == "tiny"
+    assert (m["preset"], m["precision"], m["classes"]) == ("fixture", "fp32", CLASSES)
+    assert (m["val_top1"], m["val_top5"]) == (card.val_top1, card.val_top5)
+    assert m["input"] == card.input
+    assert m["versions"] == card.versions
+    assert m["checkpoint_sha256"] == card.checkpoint_sha256
+    assert m["backend"]["runtime"] == "onnxruntime"
+    assert m["backend"]["provider"] == "CPUExecutionProvider"  # no GPU provider in the test venv
+    assert m["limits"]["max_upload_bytes"] == 1024 * 1024
+    assert m["limits"]["max_batch_images"] == 8
+
+
+def test_bentoml_system_routes_stay(client):
+    for path in ("/readyz", "/livez", "/metrics", "/docs.json", "/"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_wrong_method_is_a_json_405(client):
+    assert_error(client.get("/classify"), 405, "method_not_allowed")
+    assert_error(client.post("/labels"), 405, "method_not_allowed")
+
+
+# --- preprocessing -----------------------------------------------------------------------------
+
+
+def test_decode_equals_the_training_data_layer_on_fixture_jpegs(tiny_root):
+    files = sorted(tiny_root.glob("train/*/images/*.JPEG")) + sorted(tiny_root.glob("val/images/*"))
+    assert len(files) == 64
+    for f in files:
+        data = f.read_bytes()
+        np.testing.assert_array_equal(decode(data), decode_image(data, f.name)[0], err_msg=str(f))
+
+
+@pytest.mark.real_data
+def test_decode_equals_the_training_data_layer_on_the_real_val_images(real_zip):
+    with zipfile.ZipFile(real_zip) as zf:
+        names = [n for n in zf.namelist() if "/val/images/" in n and n.endswith(".JPEG")]
+        assert len(names) == 5000
+        for n in names:
+            data = zf.read(n)
+            np.testing.assert_array_equal(decode(data), decode_image(data, n)[0], err_msg=n)
+
+
+def test_other_sizes_are_resized_with_pil_bicubic():
+    im = Image.fromarray(np.random.default_rng(1).integers(0, 256, (96, 128, 3), np.uint8))
+    expected = np.asarray(im.resize((64, 64), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(decode(encode(im, "PNG")), expected)
+
+
+def test_exif_orientation_is_applied():
+    arr = fixture_array(2)
+    im = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    data = encode(im, "PNG", exif=exif.tobytes())
+    np.testing.assert_array_equal(decode(data), np.rot90(arr, k=-1))
+
+
+def rgba(colour, alpha) -> Image.Image:
+    return Image.new("RGBA", (64, 64), (*colour, alpha))
+
+
+def test_alpha_is_composited_on_white():
+    assert (decode(encode(rgba((255, 0, 0), 0), "PNG")) == 255).all()  # transparent → white
+    assert (decode(encode(rgba((255, 0, 0), 255), "PNG")) == [255, 0, 0]).all()
+    half = decode(encode(rgba((0, 0, 0), 128), "PNG"))
+    assert np.abs(half.astype(int) - 127).max() <= 1
+    la = Image.new("LA", (64, 64), (0, 0))
+    assert (decode(encode(la, "PNG")) == 255).all()
+    pal = Image.new("P", (64, 64), 0)
+    pal.putpalette([0, 0, 0, 10, 200, 30])
+    pal.info["transparency"] = 0
+    assert (decode(encode(pal, "PNG", transparency=0)) == 255).all()
+
+
+def test_other_modes_become_rgb():
+    gray = Image.new("L", (64, 64), 90)
+    assert (decode(encode(gray, "PNG")) == 90).all()
+    assert (decode(encode(Image.new("1", (64, 64), 1), "BMP")) == 255).all()
+    cmyk = Image.new("CMYK", (64, 64), (0, 255, 255, 0))  # red
+    out = decode(encode(cmyk, "JPEG", quality=95))
+    assert np.abs(out.astype(int) - [255, 0, 0]).max() < 8
+    sixteen = Image.fromarray(np.full((64, 64), 32768, np.uint16))  # mid gray, not white
+    assert sixteen.mode == "I;16"
+    assert np.abs(decode(encode(sixteen, "PNG")).astype(int) - 128).max() <= 1
+
+
+def test_webp_bmp_and_first_frame_of_a_gif():
+    arr = fixture_array(3)
+    np.testing.assert_array_equal(decode(encode(arr, "WEBP", lossless=True)), arr)
+    np.testing.assert_array_equal(decode(encode(arr, "BMP")), arr)
+    red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
+    gif = encode(red, "GIF", save_all=True, append_images=[blue])
+    assert (decode(gif) == [255, 0, 0]).all()
+
+
+def test_decode_refusals_name_the_problem():
+    with pytest.raises(ImageError, match="1,440,000 pixels") as e:
+        decode(BAD_FILES["decompression bomb"][0], max_pixels=1_000_000)
+    assert e.value.code == "image_too_large"
+    assert decode(BAD_FILES["decompression bomb"][0], max_pixels=2_000_000).shape == (64, 64, 3)
+
+
+# --- backend and settings ----------------------------------------------------------------------
+
+
+def test_backend_matches_the_reference_computation(model_path):
+    backend = OnnxBackend(model_path, max_batch=4)
+    x = np.stack([fixture_array(i % CLASSES, seed=i) for i in range(5)])
+    np.testing.assert_allclose(backend.predict(x), reference_probabilities(x, CLASSES), atol=1e-5)
+    assert backend.predict(x[:0]).shape == (0, CLASSES)
+    with pytest.raises(ValueError, match="uint8"):
+        backend.predict(x.astype(np.float32))
+    assert backend.info["provider"] == "CPUExecutionProvider"
+
+
+def test_model_file_problems_say_what_to_do(tmp_path):
+    with pytest.raises(ModelFileError, match="TIN_MODEL"):
+        read_card(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="not a readable ONNX model"):
+        read_card(tmp_path / "junk.onnx")
+    import onnx
+
+    foreign = build_model(CLASSES)
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ModelFileError, match="not a model exported"):
+        read_card(tmp_path / "foreign.onnx")
+
+
+def test_settings_from_environment(monkeypatch, tmp_path):
+    for k in ("TIN_MODEL", *LIMITS):
+        monkeypatch.delenv(k, raising=False)
+    s = config.settings()
+    assert s.model_path == REPO / "models" / "model.onnx"
+    assert (s.max_upload_bytes, s.max_batch_images) == (10 * 1024 * 1024, 64)
+    monkeypatch.setenv("TIN_MODEL", str(tmp_path / "other.onnx"))
+    monkeypatch.setenv("TIN_MAX_UPLOAD_MB", "2.5")
+    s = config.settings()
+    assert (s.model_name, s.max_upload_bytes) == ("other", int(2.5 * 1024 * 1024))
+    monkeypatch.setenv("TIN_MAX_BATCH_IMAGES", "lots")
+    with pytest.raises(config.ConfigError, match="TIN_MAX_BATCH_IMAGES"):
+        config.settings()
+
+
+# --- the real server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory):
+    """`bentoml serve` from the repo root on a free port, as `make serve` runs it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = {
+        **os.environ,
+        "TIN_MODEL": str(model_path),
+        "BENTOML_HOME": str(log.parent / "bentoml"),
+        "TIN_BATCH_MAX_LATENCY_MS": "30000",  # a busy CI machine must not shed requests
+    }
+    bentoml = Path(sys.executable).parent / "bentoml"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(bentoml), "serve", "--port", str(port), "--host", "127.0.0.1"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the workers go with it
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"bentoml serve did not get ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_real_server_classifies_jpegs_with_a_stock_client(server, tiny_root):
+    files = sorted(tiny_root.glob("val/images/*.JPEG"))
+    images = [f.read_bytes() for f in files]
+    card = fixture_card(CLASSES)
+    with httpx.Client(base_url=server, timeout=60) as http:
+        assert http.get("/livez").status_code == 200
+        assert "onnxruntime" in http.get("/model").json()["backend"]["runtime"]
+
+        def one(data: bytes) -> str:
+            r = http.post("/classify", files={"image": ("x.jpg", data, "image/jpeg")})
+            assert r.status_code == 200, r.text
+            return r.json()["predictions"][0]["wnid"]
+
+        # Concurrent single-image requests go through adaptive batching in the model process.
+        with ThreadPoolExecutor(8) as pool:
+            top1 = list(pool.map(one, images))
+        assert top1 == [card.wnids[expected_top1(d)] for d in images]
+
+        sent = [*images[:3], b"broken"]
+        r = http.post(
+            "/classify_batch", files=[("images", ("x.jpg", d, "image/jpeg")) for d in sent]
+        )
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["predictions"][0]["wnid"] for x in results[:3]] == top1[:3]
+        assert results[3]["error"]["code"] == "not_an_image"
+
+        assert_error(classify(http, b""), 400, "empty_image")
+        big = b"\xff\xd8\xff" + b"\x00" * (11 * 1024 * 1024)  # the default 10 MiB limit
+        assert_error(classify(http, big), 413, "upload_too_large")
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200
+        assert "bentoml" in metrics.text
