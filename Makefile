@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # What the test suite needs; each role installs only its own extra elsewhere.
 TEST_EXTRAS ?= train,export,serve,client,dev
 
-.PHONY: test serve lint format clean
+.PHONY: test serve bench lint format clean
 
 $(VENV)/.installed-$(TEST_EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,22 @@ serve: $(VENV)/.installed-serve
 	  echo "to serve another exported model." >&2; \
 	  exit 1; fi
 	$(VENV)/bin/bentoml serve --port $(PORT)
+
+# CPU inference speed (serving/bench_inference.py: PyTorch eager and ONNX Runtime, batch 1-256),
+# then the HTTP service's (serving/bench.py via scripts/bench_http.sh), both appended to
+# BENCHMARKS.md; about 6 minutes on 2 cores. Run it on an otherwise idle machine. The PyTorch row
+# needs the training checkpoint (not in git; skipped with a note without it), an INT8 row needs
+# BENCH_INT8=path.onnx, and the HTTP part takes its JPEGs from $$TINY_IMAGENET_VAL_IMAGES
+# (synthetic ones without it).
+BENCH_MODEL ?= models/model.onnx
+BENCH_CHECKPOINT ?= runs/final/best-slim.pt
+BENCH_INT8 ?=
+BENCH_OUT ?= BENCHMARKS.md
+bench: $(VENV)/.installed-$(TEST_EXTRAS)
+	$(PY) -m serving.bench_inference --model $(BENCH_MODEL) --write $(BENCH_OUT) \
+	  $$([ -f "$(BENCH_CHECKPOINT)" ] && echo --checkpoint $(BENCH_CHECKPOINT)) \
+	  $(if $(BENCH_INT8),--int8 $(BENCH_INT8))
+	bash scripts/bench_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
 
 lint: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m ruff check .

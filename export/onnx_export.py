@@ -196,7 +196,8 @@ def store_fp16(model: onnx.ModelProto, min_size: int = 1024) -> onnx.ModelProto:
         if arr.dtype != np.float32 or arr.size < min_size:
             kept.append(init)
             continue
-        half = arr.astype(np.float16)
+        with np.errstate(over="ignore"):  # overflow is checked just below, with the name
+            half = arr.astype(np.float16)
         if not np.isfinite(half).all():
             raise ExportError(f"weight {init.name} exceeds fp16's range (|w| ≤ 65504): keep fp32")
         kept.append(numpy_helper.from_array(half, f"{init.name}.fp16"))
