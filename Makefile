@@ -39,8 +39,8 @@ serve: $(VENV)/.installed-serve
 
 # CPU inference speed (serving/bench_inference.py: PyTorch eager and ONNX Runtime, batch 1-256),
 # then the HTTP service's (serving/bench.py via scripts/bench_http.sh), both appended to
-# BENCHMARKS.md; about 6 minutes on 2 cores. Run it on an otherwise idle machine. The PyTorch row
-# needs the training checkpoint (not in git; skipped with a note without it), an INT8 row needs
+# BENCHMARKS.md: 5 minutes on 2 cores. Run it on an otherwise idle machine. The PyTorch row needs
+# the training checkpoint (not in git; skipped with a note without it), an INT8 row needs
 # BENCH_INT8=path.onnx, and the HTTP part takes its JPEGs from $$TINY_IMAGENET_VAL_IMAGES
 # (synthetic ones without it).
 BENCH_MODEL ?= models/model.onnx

@@ -15,9 +15,9 @@ if [ -n "$images" ]; then
   what="the JPEGs under \`$images\` (serving.bench uses the first 256)"
 else
   echo "TINY_IMAGENET_VAL_IMAGES is unset: 64 synthetic fixture JPEGs (training/fixtures.py)"
-  "$py" -m training.fixtures "$tmp" --classes 8 --train 0 --val 8 > /dev/null
+  "$py" -m training.fixtures "$tmp" --classes 8 --train 1 --val 8 > /dev/null
   images=$tmp/tiny-imagenet-200/val/images
-  what="64 synthetic 64×64 JPEGs from \`python -m training.fixtures DIR --classes 8 --train 0 --val 8\`"
+  what="64 synthetic JPEGs: \`python -m training.fixtures DIR --classes 8 --train 1 --val 8\`"
 fi
 args=(--serve "$model" --images "$images" -c 1 8 32 -d 20)
 "$py" -m serving.bench "${args[@]}" | tee "$tmp/http.txt"  # pipefail: a failed run stops here

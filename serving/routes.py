@@ -245,6 +245,7 @@ async def model(request: Request) -> JSONResponse:
             "name": svc.name,
             "preset": card.preset,
             "precision": card.precision,
+            "weights": card.weights,  # how the file stores them ("fp16": half the file)
             "classes": len(card.wnids),
             "val_top1": card.val_top1,
             "val_top5": card.val_top5,

@@ -22,32 +22,46 @@ def test_flop_share_is_work_per_second_over_the_peak():
         B.flop_share(2.33, 60.0, 0.0)
 
 
-def test_summarize_takes_the_rate_from_the_median_call():
-    times = [0.1] * 98 + [0.5, 1.0]  # two stragglers move p99, not the rate
-    row = B.summarize("ONNX Runtime fp32", 8, times, gflops=2.0, peak=160.0)
+def test_summarize_pools_the_rounds_and_takes_the_rate_from_the_median_call():
+    rounds = [[0.1] * 49 + [0.5], [0.1] * 40 + [0.08] * 9 + [1.0]]  # stragglers move p99 only
+    row = B.summarize("ONNX Runtime fp32", 8, rounds, gflops=2.0, peak=160.0)
     assert row.calls == 100
     assert row.p50_ms == pytest.approx(100.0)
     assert 500 < row.p99_ms < 1000
     assert row.images_per_s == pytest.approx(80.0)  # 8 images per 0.1 s
     assert row.flop_share == pytest.approx(2.0 * 80.0 / 160.0)
+    assert row.round_rates == pytest.approx((80.0, 80.0))
+    fast = B.summarize("x", 8, [[0.1] * 3, [0.08] * 3], 2.0, 160.0)
+    assert fast.round_rates == pytest.approx((80.0, 100.0))
     with pytest.raises(ValueError, match="no timed calls"):
-        B.summarize("x", 1, [], 1.0, 1.0)
+        B.summarize("x", 1, [[], []], 1.0, 1.0)
 
 
 def test_table_is_markdown_with_one_row_per_measurement():
     rows = [
-        B.Row("PyTorch eager fp32", 1, 300, 33.333, 40.0, 30.0, 0.4369),
-        B.Row("ONNX Runtime fp32", 256, 5, 4200.0, 4321.5, 60.95, 0.88),
+        B.Row("PyTorch eager fp32", 1, 300, 33.333, 40.0, 30.0, 0.4369, (28.44, 31.0, 30.2)),
+        B.Row("ONNX Runtime fp32", 256, 6, 4200.0, 4321.5, 60.95, 0.88, (55.0, 61.0)),
     ]
     lines = B.format_table(rows).splitlines()
-    assert lines[0] == "| engine | batch | img/s | p50 ms | p99 ms | calls | of peak |"
-    assert lines[1] == "|---|--:|--:|--:|--:|--:|--:|"
-    assert lines[2] == "| PyTorch eager fp32 | 1 | 30.0 | 33.3 | 40.0 | 300 | 43.7% |"
-    assert lines[3] == "| ONNX Runtime fp32 | 256 | 61.0 | 4200.0 | 4321.5 | 5 | 88.0% |"
-    assert B.format_row(B.Row("e", 1, 9, 5.0, 7.25, 200.0, 0.5)).split(" | ")[3:5] == [
-        "5.00",
-        "7.25",
-    ]
+    assert lines[0] == "| engine | batch | img/s | rounds | p50 ms | p99 ms | calls | of peak |"
+    assert lines[1] == "|---|--:|--:|--:|--:|--:|--:|--:|"
+    assert lines[2] == "| PyTorch eager fp32 | 1 | 30.0 | 28.4-31.0 | 33.3 | 40.0 | 300 | 43.7% |"
+    assert (
+        lines[3] == "| ONNX Runtime fp32 | 256 | 61.0 | 55.0-61.0 | 4200.0 | 4321.5 | 6 | 88.0% |"
+    )
+    small = B.format_row(B.Row("e", 1, 9, 5.0, 7.25, 200.0, 0.5, (200.0,)))
+    assert small.split(" | ")[4:6] == ["5.00", "7.25"]
+
+
+def test_engines_take_turns_in_every_round(monkeypatch):
+    monkeypatch.setattr(B, "WARMUP_S", 0.0)
+    calls = []
+    engines = {name: (lambda x, name=name: calls.append((name, len(x)))) for name in "ab"}
+    times = B.measure(engines, [1, 3], seconds=1e-9, rounds=2)
+    assert list(times) == [("a", 1), ("a", 3), ("b", 1), ("b", 3)]
+    assert all(len(t) == 2 and all(len(r) >= B.MIN_CALLS for r in t) for t in times.values())
+    order = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]  # one per cell
+    assert order == [("a", 1), ("a", 3), ("b", 1), ("b", 3)] * 2
 
 
 def test_cpu_info_reads_the_first_model_name_and_simd_flags():
@@ -71,6 +85,7 @@ def test_append_starts_a_new_file_with_a_title_and_keeps_old_sections(tmp_path):
         (["-b", "0", "8"], "batch sizes must be >= 1"),
         (["--seconds", "0"], "--seconds must be positive"),
         (["--threads", "0"], "--threads must be >= 1"),
+        (["--rounds", "0"], "--rounds must be >= 1"),
         (["--model", "no/such.onnx"], "--model: no such file"),
         (["--checkpoint", "no/such.pt"], "--checkpoint: no such file"),
         (["--int8", "no/such-int8.onnx"], "--int8: no such file"),
@@ -111,3 +126,14 @@ def test_every_row_must_be_the_same_network():
     B.same_network("--checkpoint", dict(r34), r34)  # lists or tuples alike
     with pytest.raises(ValueError, match="different network"):
         B.same_network("--int8 q.onnx", {**r34, "layers": [2, 2, 2, 2]}, r34)
+
+
+def test_other_processes_share_is_busy_time_not_spent_by_this_process():
+    stat = "cpu  100 5 50 800 10 3 2 0 0 0\ncpu0 50 2 25 400 5 1 1 0 0 0\n"
+    assert B.cpu_jiffies(stat) == (160, 970)  # busy = total − idle − iowait
+    me = "4242 (python -m x) R 1 2 3 4 5 6 7 8 9 10 70 30 0 0 20 0 3 0"
+    assert B.own_jiffies(me) == 100  # utime + stime, fields 14 and 15
+    # 200 ticks of both cores elapse; 150 are busy, 120 of them this process's: others 15%.
+    assert B.others_share((0, 0, 0), (150, 200, 120)) == pytest.approx(0.15)
+    assert B.others_share((0, 0, 0), (100, 200, 120)) == 0.0  # tick rounding, never negative
+    assert B.others_share((5, 5, 5), (5, 5, 5)) == 0.0

@@ -277,6 +277,7 @@ def test_model_describes_card_backend_and_limits(client):
     m = client.get("/model").json()
     assert m["name"] == "tiny"
     assert (m["preset"], m["precision"], m["classes"]) == ("fixture", "fp32", CLASSES)
+    assert m["weights"] == "fp32"
     assert (m["val_top1"], m["val_top5"]) == (card.val_top1, card.val_top5)
     assert m["input"] == card.input
     assert m["versions"] == card.versions
