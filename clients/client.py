@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import operator
 import os
 import random
@@ -448,6 +449,17 @@ class _ClientBase:
             wait = max(wait, min(retry_after, self.max_backoff))
         return wait
 
+    def retry_delay(
+        self, attempt: int, failure: ClientError, response: httpx.Response | None
+    ) -> float:
+        """Seconds to wait before attempt `attempt + 1`; raises `failure` where a new attempt
+        cannot help (a refusal such as a 400) or the retries are spent. Both clients' `_send`."""
+        if response is not None and response.status_code not in RETRY_STATUSES:
+            raise failure
+        if attempt >= self.retries:
+            raise failure
+        return self.delay(attempt, None if response is None else _retry_after(response))
+
     def options(self, batch_size: int | None, concurrency: int | None) -> tuple[int, int]:
         return (
             _positive("batch_size", batch_size or self.batch_size),
@@ -510,23 +522,16 @@ class TinyImageNetClient(_ClientBase):
 
     def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
         """A 2xx answer, after retrying what may pass on a new attempt; else ClientError."""
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 response = self._http.request(method, path, **kwargs)
             except RETRY_EXCEPTIONS as e:
-                failure, retry_after = transport_error(e, self.url + path), None
+                failure, response = transport_error(e, self.url + path), None
             else:
                 if response.is_success:
                     return response
                 failure = error_from_response(response)
-                if response.status_code not in RETRY_STATUSES:
-                    raise failure
-                retry_after = _retry_after(response)
-            if attempt >= self.retries:
-                raise failure
-            time.sleep(self.delay(attempt, retry_after))
-            attempt += 1
+            time.sleep(self.retry_delay(attempt, failure, response))
 
     def ready(self) -> bool:
         """Whether the service answers /readyz with 200 (model loaded); never raises."""
@@ -678,23 +683,16 @@ class AsyncTinyImageNetClient(_ClientBase):
         await self._http.aclose()
 
     async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 response = await self._http.request(method, path, **kwargs)
             except RETRY_EXCEPTIONS as e:
-                failure, retry_after = transport_error(e, self.url + path), None
+                failure, response = transport_error(e, self.url + path), None
             else:
                 if response.is_success:
                     return response
                 failure = error_from_response(response)
-                if response.status_code not in RETRY_STATUSES:
-                    raise failure
-                retry_after = _retry_after(response)
-            if attempt >= self.retries:
-                raise failure
-            await asyncio.sleep(self.delay(attempt, retry_after))
-            attempt += 1
+            await asyncio.sleep(self.retry_delay(attempt, failure, response))
 
     async def ready(self) -> bool:
         try:
