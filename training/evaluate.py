@@ -39,7 +39,7 @@ def predict(
     out = []
     try:
         for i in range(0, len(x), batch_size):
-            xb = torch.as_tensor(np.asarray(x[i : i + batch_size])).to(device, non_blocking=True)
+            xb = torch.as_tensor(np.array(x[i : i + batch_size])).to(device, non_blocking=True)
             xb = normalize(xb, mean, std)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(xb).float()

@@ -17,6 +17,8 @@ python3 -m training.data "$data"            # decode into the cache before the c
 mkdir -p "$runs"
 setsid nohup python3 -m training.train --preset "$preset" --data "$data" --out "$runs/$preset" \
   --time-limit "$minutes" "$@" > "$runs/$preset.log" 2>&1 < /dev/null &
+echo $! > "$runs/$preset.pid"               # collect.sh waits on this pid (not `pgrep -f`, which
+                                            # matches the polling shell's own command line)
 echo "started $preset for $minutes min: tail -c 400 $runs/$preset.log"
 sleep "${WAIT:-60}"
 tail -c 400 "$runs/$preset.log"; echo
