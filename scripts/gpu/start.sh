@@ -2,6 +2,8 @@
 # On the GPU machine, after the data has moved in (../shared/tools/device-data-parts): install the
 # carried wheels, decode the data once on all cores, then start PRESET detached with a time budget
 # (the schedule anneals to its end exactly when the budget does, so the run always lands).
+# PRESET may be a comma-separated list (the seeds' small runs, issue 12): each starts at once, all
+# sharing the GPU, each with its own log, pid and MINUTES budget; collect_rows.sh brings them back.
 # usage: bash scripts/gpu/start.sh [PRESET=final] [MINUTES=20] [extra training.train args...]
 set -euo pipefail
 preset=${1:-final}; minutes=${2:-20}; shift $(( $# > 2 ? 2 : $# ))
@@ -15,10 +17,13 @@ export PYTHONPATH=/tmp/site:$PWD
 python3 -c "import torch, kornia; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 python3 -m training.data "$data"            # decode into the cache before the clock starts
 mkdir -p "$runs"
-setsid nohup python3 -m training.train --preset "$preset" --data "$data" --out "$runs/$preset" \
-  --time-limit "$minutes" "$@" > "$runs/$preset.log" 2>&1 < /dev/null &
-echo $! > "$runs/$preset.pid"               # collect.sh waits on this pid (not `pgrep -f`, which
+IFS=, read -ra names <<< "$preset"
+for name in "${names[@]}"; do
+  setsid nohup python3 -m training.train --preset "$name" --data "$data" --out "$runs/$name" \
+    --time-limit "$minutes" "$@" > "$runs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$runs/$name.pid"               # collect*.sh wait on this pid (not `pgrep -f`, which
                                             # matches the polling shell's own command line)
-echo "started $preset for $minutes min: tail -c 400 $runs/$preset.log"
+  echo "started $name for $minutes min: tail -c 400 $runs/$name.log"
+done
 sleep "${WAIT:-60}"
-tail -c 400 "$runs/$preset.log"; echo
+for name in "${names[@]}"; do tail -c 300 "$runs/$name.log"; echo; done
