@@ -38,8 +38,9 @@ serve: $(VENV)/.installed-serve
 	$(VENV)/bin/bentoml serve --port $(PORT)
 
 # CPU inference speed (serving/bench_inference.py: PyTorch eager and ONNX Runtime, batch 1-256),
-# then the HTTP service's (serving/bench.py via scripts/bench_http.sh), both appended to
-# BENCHMARKS.md: 5 minutes on 2 cores. Run it on an otherwise idle machine. The PyTorch row needs
+# then the HTTP service's (serving/bench.py via scripts/bench_http.sh), then a fuzz of the HTTP
+# API (schemathesis and broken files, scripts/fuzz_http.sh), all appended to BENCHMARKS.md:
+# 6 minutes on 2 cores. Run it on an otherwise idle machine. The PyTorch row needs
 # the training checkpoint (not in git; skipped with a note without it), an INT8 row needs
 # BENCH_INT8=path.onnx, and the HTTP part takes its JPEGs from $$TINY_IMAGENET_VAL_IMAGES
 # (synthetic ones without it).
@@ -52,6 +53,7 @@ bench: $(VENV)/.installed-$(TEST_EXTRAS)
 	  $$([ -f "$(BENCH_CHECKPOINT)" ] && echo --checkpoint $(BENCH_CHECKPOINT)) \
 	  $(if $(BENCH_INT8),--int8 $(BENCH_INT8))
 	bash scripts/bench_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
+	bash scripts/fuzz_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
 
 lint: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m ruff check .

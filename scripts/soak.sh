@@ -1,25 +1,52 @@
 #!/usr/bin/env bash
 # Soak: `bentoml serve` on MODEL under single-image /classify requests at concurrency 32 for
-# SECONDS (serving/bench.py), with the resident memory of the whole service (server and workers)
-# before and after, and the error count. Pass: zero errors, memory flat.
+# SECONDS (serving/bench.py), with the error count and the resident memory of the whole service
+# (server and workers) sampled every $SAMPLE seconds (15) into $TMPDIR/soak-rss.tsv: start, end,
+# max, and the least-squares slope over the second half. ONNX Runtime's arena and the allocator
+# grow early and then stay; a leak keeps climbing in the second half too.
+# Pass: zero errors, a second-half slope near 0 MiB/min.
 # usage: bash scripts/soak.sh [MODEL=models/model.onnx] [SECONDS=500] [IMAGES=synthetic]
 set -euo pipefail
 model=${1:-models/model.onnx} seconds=${2:-500} images=${3:-}
-py=${PY:-.venv/bin/python} port=${PORT:-3017}
+py=${PY:-.venv/bin/python} port=${PORT:-3017} sample=${SAMPLE:-15}
+samples=${TMPDIR:-/tmp}/soak-rss.tsv
 TIN_MODEL=$model "$py" -m bentoml serve --port "$port" > /tmp/soak-serve.log 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
+sampler=
+trap 'kill $server $sampler 2>/dev/null || true' EXIT
 for _ in $(seq 120); do curl -sf "localhost:$port/readyz" > /dev/null && break; sleep 1; done
-rss() {  # MiB over the server and all its descendants
+
+pids() {  # the server and all its descendants, comma-separated
   local pids=$server all=$server
   while [ -n "$pids" ]; do
     pids=$(pgrep -d , -P "$pids" || true)
     [ -n "$pids" ] && all="$all,$pids"
   done
-  ps -o rss= -p "$all" | awk '{s += $1} END {printf "%.0f", s / 1024}'
+  echo "$all"
 }
-before=$(rss)
+sample_rss() {  # seconds since start, total MiB, then name:MiB of each process
+  ps -o rss=,args= -p "$(pids)" | awk -v t=$(($(date +%s) - t0)) '
+    {name = "server"; for (i = 2; i < NF; i++) if ($i == "--service-name") name = $(i + 1)
+     total += $1; each = each sprintf(" %s:%.1f", name, $1 / 1024)}
+    END {printf "%d\t%.1f\t%s\n", t, total / 1024, each}'
+}
+t0=$(date +%s)
+sample_rss > "$samples"
+(while sleep "$sample"; do sample_rss >> "$samples"; done) &
+sampler=$!
+
 "$py" -m serving.bench --url "http://localhost:$port" ${images:+--images "$images"} -c 32 \
   -d "$seconds" --warmup 5 --json | tee /tmp/soak.json
-after=$(rss)
-echo "resident memory of the service: ${before} MiB before, ${after} MiB after ${seconds} s"
+kill $sampler
+sample_rss >> "$samples"
+# First pass: the last sample's time; second: start, end, max, and the slope from its half on.
+awk -F '\t' 'NR == FNR {last = $1; next}
+  FNR == 1 {start = $2}
+  {end = $2; if ($2 > max) max = $2}
+  $1 >= last / 2 {n++; sx += $1; sy += $2; sxx += $1 * $1; sxy += $1 * $2}
+  END {
+    slope = n > 1 ? (n * sxy - sx * sy) / (n * sxx - sx * sx) * 60 : 0
+    printf "resident memory of the service (MiB, %d samples every %s s in %s):", FNR, s, f
+    printf " start %.1f, end %.1f, max %.1f;", start, end, max
+    printf " slope over the second half (%d samples): %+.2f MiB/min\n", n, slope
+  }' s="$sample" f="$samples" "$samples" "$samples"

@@ -11,6 +11,7 @@ adaptive batching (the inner service in serving/service.py).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -56,6 +57,12 @@ def json_errors(handler: Callable[[Request], Awaitable[JSONResponse]]):
             return await handler(request)
         except ApiError as e:
             return JSONResponse(error_body(e.code, e.message), status_code=e.status)
+        except ClientDisconnect:
+            # The client hung up before its body was in: no one to answer, and not a failure of
+            # the service, which a 500 would count it as. 499 as nginx logs it.
+            log.info("%s %s: the client hung up mid-request", request.method, request.url.path)
+            message = "the client closed the connection before sending its body"
+            return JSONResponse(error_body("client_disconnected", message), status_code=499)
         except ServiceUnavailable:  # batching queue too long, or the model process is down
             message = "the model is overloaded or unavailable; retry later"
             return JSONResponse(error_body("unavailable", message), status_code=503)
@@ -115,22 +122,23 @@ async def read_form(request: Request) -> FormData:
 
 
 def parse_top_k(raw: str | None) -> int:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
+    if raw is None:
         return DEFAULT_TOP_K
     if not isinstance(raw, str):
         raise ApiError(400, "bad_top_k", "top_k must be a form field, not a file")
-    try:
-        k = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_top_k", f"top_k must be an integer, got {raw!r}") from None
-    if not 1 <= k <= MAX_TOP_K:
-        raise ApiError(400, "bad_top_k", f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
-    return k
+    # ASCII digits only: int() would also take "", " 5", "1_0" and other scripts' digits, and
+    # raise on 5000 of them.
+    if not re.fullmatch(r"-?[0-9]{1,9}", raw) or not 1 <= int(raw) <= MAX_TOP_K:
+        message = f"top_k must be an integer between 1 and {MAX_TOP_K}, got {raw[:40]!r}"
+        raise ApiError(400, "bad_top_k", message)
+    return int(raw)
 
 
 def form_top_k(form: FormData, request: Request) -> int:
-    # A form field, or the query string (the only place for it with a raw image body).
-    return parse_top_k(form.get("top_k", request.query_params.get("top_k")))
+    # A form field, or the query string (the only place for it with a raw image body). A bad
+    # query value is refused even when the form overrides it: it is still a bad request.
+    query = parse_top_k(request.query_params.get("top_k"))
+    return parse_top_k(form["top_k"]) if "top_k" in form else query
 
 
 def uploads(form: FormData, field: str) -> list[UploadFile]:
@@ -267,8 +275,16 @@ async def model(request: Request) -> JSONResponse:
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     # 404/405 inside these routes (GET /classify...) in the same JSON shape as the rest.
+    # Its headers too: a 405 must say what is allowed (Allow).
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+    body = error_body(code, str(exc.detail))
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def docs(request: Request) -> JSONResponse:
+    # BentoML routes /docs.json after this app, so this one answers: BentoML's own document
+    # leaves out every route above (serving/openapi.py).
+    return JSONResponse(bentoml.get_current_service().openapi())
 
 
 app = Starlette(
@@ -277,6 +293,7 @@ app = Starlette(
         Route("/classify_batch", classify_batch, methods=["POST"]),
         Route("/labels", labels, methods=["GET"]),
         Route("/model", model, methods=["GET"]),
+        Route("/docs.json", docs, methods=["GET"]),
     ],
     exception_handlers={HTTPException: http_error},
 )

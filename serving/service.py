@@ -23,7 +23,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
-from serving import config
+from serving import config, openapi
 from serving.backend import OnnxBackend, read_card
 from serving.routes import app as http_app
 
@@ -95,3 +95,8 @@ class Classifier:
 
     async def backend_info(self) -> dict:
         return await self.model.to_async.backend_info()
+
+    def openapi(self) -> dict:
+        """/docs.json: BentoML's document describes neither the mounted routes nor their
+        errors (serving/openapi.py)."""
+        return openapi.document(Classifier.openapi_spec.asdict(), self.settings.max_batch_images)

@@ -1,4 +1,5 @@
-"""Small ONNX models that follow export/contract.py, for the serving and client tests.
+"""Small ONNX models that follow export/contract.py, and `bentoml serve` on them, for the serving
+and client tests.
 
 The graph has the exported model's interface without its size: uint8 NHWC `image` → float →
 (x - mean) / std → 8×8 average pooling → a fixed random linear layer → `logits` → softmax →
@@ -8,11 +9,21 @@ package (the export extra), which tests may use and serving must not.
 
     from tests.serving_fixtures import write_model, fixture_images
     path = write_model(tmp_path / "tiny.onnx", classes=4)
+    with Server(path, tmp_path) as server:  # `bentoml serve` on it
+        ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +37,8 @@ from export.contract import (
     ModelCard,
 )
 from training.fixtures import class_list, synthetic_image
+
+REPO = Path(__file__).resolve().parent.parent
 
 POOL = 8  # 64×64 → 8×8 cells per channel: 192 features
 MEAN = (122.46, 114.26, 101.36)  # the real training set's, as the export writes them
@@ -159,3 +172,90 @@ def encode(img: np.ndarray | Image.Image, fmt: str = "JPEG", **save_args) -> byt
 def fixture_images(n: int = 4, classes: int = 4, fmt: str = "JPEG") -> list[bytes]:
     """`n` encoded fixture images cycling through the classes."""
     return [encode(fixture_array(i % classes, classes, seed=i), fmt) for i in range(n)]
+
+
+# --- the real server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` of `model` on a loopback port, from the repo root as `make serve` runs it,
+    in its own process group (its workers go with it). start() again after stop() reuses the port:
+    the same URL, as a restarted service has.
+
+        with Server(path, tmp_path) as server:
+            httpx.get(server.url + "/labels")
+    """
+
+    def __init__(self, model: Path, workdir: Path, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(workdir) / "serve.log"
+        self.env = {
+            **os.environ,
+            "TIN_MODEL": str(model),
+            "BENTOML_HOME": str(Path(workdir) / "bentoml"),
+            "TIN_BATCH_MAX_LATENCY_MS": "30000",  # a busy CI machine must not shed requests
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> Server:
+        bentoml = Path(sys.executable).parent / "bentoml"
+        command = [str(bentoml), "serve", "--port", str(self.port), "--host", "127.0.0.1"]
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(signal.SIGKILL)
+                raise RuntimeError(f"bentoml serve did not get ready:\n{self.log_tail()}")
+            time.sleep(0.2)
+        return self
+
+    def ready(self) -> bool:
+        try:
+            return urllib.request.urlopen(self.url + "/readyz", timeout=2).status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: BentoML's graceful shutdown. SIGKILL: a crash of the whole service, no answer
+        in flight sent. BentoML starts each worker in a session of its own, so the workers are
+        signalled by pid: a process-group kill would leave them serving on the port."""
+        if self.proc is None:
+            return
+        import psutil  # a dependency of bentoml
+
+        arbiter = psutil.Process(self.proc.pid)
+        workers = arbiter.children(recursive=True)
+        for p in [arbiter, *workers] if sig == signal.SIGKILL else [arbiter]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+        _, alive = psutil.wait_procs([arbiter, *workers], timeout=20)
+        for p in alive:  # a shutdown that hangs
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -10,10 +10,7 @@ import csv
 import io
 import itertools
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -530,46 +527,17 @@ def test_evaluate_fails_when_an_image_does(service, tiny_copy, capsys):
 # --- over the network --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_through_bentoml_serve(tmp_path, tiny_root):
     """`python -m clients` in its own process against `bentoml serve`, as a user runs them."""
     pytest.importorskip("bentoml")
     pytest.importorskip("onnx")
-    from tests.serving_fixtures import write_model
+    from tests.serving_fixtures import Server, write_model
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "TIN_MODEL": str(write_model(tmp_path / "tiny.onnx", classes=CLASSES)),
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-        "TIN_BATCH_MAX_LATENCY_MS": "30000",  # a busy machine must not shed requests
-    }
-    bentoml = Path(sys.executable).parent / "bentoml"
-    with (tmp_path / "serve.log").open("w") as log:
-        server = subprocess.Popen(
-            [str(bentoml), "serve", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the workers go with it
-        )
-    try:
-        with TinyImageNetClient(url) as client:
-            deadline = time.monotonic() + 90
-            while not client.ready():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail((tmp_path / "serve.log").read_text()[-3000:])
-                time.sleep(0.3)
+    model = write_model(tmp_path / "tiny.onnx", classes=CLASSES)
+    with Server(model, tmp_path) as server:
 
         def cli(*args):
-            command = [sys.executable, "-m", "clients", *args, "--url", url, "--no-progress"]
+            command = [sys.executable, "-m", "clients", *args, "--url", server.url, "--no-progress"]
             return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
 
         out = tmp_path / "results.jsonl"
@@ -591,10 +559,3 @@ def test_cli_through_bentoml_serve(tmp_path, tiny_root):
         )
         hits = sum(w == truth[p.name] for w, p in zip(wnids, images, strict=True))
         assert report["top1"] == hits / len(images)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()

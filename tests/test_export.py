@@ -273,7 +273,10 @@ def test_parity_tolerates_a_rare_near_tie_flip_only():
     other = ref.copy()
     other[0, 1] += 2e-3  # one tie flipped in 2000 images (0.05%), every logit within atol
     parity = E.check_parity("tie", ref, other, atol=1e-2)
-    assert (parity.top1_mismatches, parity.max_margin_overturned) == (1, pytest.approx(1e-3, rel=1e-2))
+    assert (parity.top1_mismatches, parity.max_margin_overturned) == (
+        1,
+        pytest.approx(1e-3, rel=1e-2),
+    )
     other[1:3, 1] += 2e-3  # three flips (0.15%): more than ties explain
     with pytest.raises(E.ParityError, match=r"3 differ.*at most 0\.1%"):
         E.check_parity("tie", ref, other, atol=1e-2)

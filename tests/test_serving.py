@@ -1,15 +1,8 @@
 """The BentoML service: every endpoint and every bad input in-process through its ASGI app, the
 preprocessing against the training data layer, and one run of the real `bentoml serve`."""
 
-import os
-import signal
-import socket
-import struct
-import subprocess
-import sys
-import time
+import asyncio
 import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,11 +10,15 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.requests import Request
 
 from serving import config
 from serving.backend import ModelFileError, OnnxBackend, read_card
 from serving.preprocess import ImageError, decode
+from serving.routes import json_errors
+from tests.abuse import BAD_FILES, GOOD_JPEG, GOOD_PNG
 from tests.serving_fixtures import (
+    Server,
     build_model,
     encode,
     fixture_array,
@@ -76,42 +73,6 @@ def assert_error(response, status: int, code: str):
 
 
 # --- bad files ---------------------------------------------------------------------------------
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that announces width×height 8-bit RGB pixels and holds almost none."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload)
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def bomb() -> bytes:
-    """A real 1200×1200 PNG (1.44 M pixels) of a few kB: over the tests' 1 M pixel limit."""
-    return encode(Image.new("L", (1200, 1200)), "PNG", optimize=True)
-
-
-GOOD_JPEG = fixture_images(1)[0]
-GOOD_PNG = encode(fixture_array(1), "PNG")
-BAD_FILES = {
-    "empty": (b"", "empty_image"),
-    "random bytes": (np.random.default_rng(0).bytes(3000), "not_an_image"),
-    "text": (b"hello, this is not an image\n", "not_an_image"),
-    "truncated JPEG": (GOOD_JPEG[: len(GOOD_JPEG) // 2], "truncated_image"),
-    "JPEG header only": (GOOD_JPEG[:40], "truncated_image"),
-    "truncated PNG": (GOOD_PNG[: len(GOOD_PNG) // 2], "truncated_image"),
-    "TIFF": (encode(fixture_array(0), "TIFF"), "unsupported_format"),
-    "SVG": (
-        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>',
-        "unsupported_format",
-    ),
-    "decompression bomb": (bomb(), "image_too_large"),
-    "PIL-size bomb": (png_header_only(100_000, 100_000), "image_too_large"),
-}
 
 
 @pytest.mark.parametrize("name", list(BAD_FILES))
@@ -171,7 +132,10 @@ def test_declared_content_type_is_ignored_for_a_good_jpeg(client):
     assert raw.json() == right
 
 
-@pytest.mark.parametrize("top_k", ["0", "201", "-1", "abc", "1.5"])
+# Blank, padded, "1_0" and other scripts' digits pass int() but are not integers here.
+@pytest.mark.parametrize(
+    "top_k", ["0", "201", "-1", "abc", "1.5", "", " 5", "1_0", "٣", "9" * 5000]
+)
 def test_top_k_out_of_range_or_not_an_integer(client, top_k):
     assert_error(classify(client, GOOD_JPEG, top_k), 400, "bad_top_k")
     files = [("images", ("a", GOOD_JPEG, "image/jpeg"))]
@@ -181,6 +145,13 @@ def test_top_k_out_of_range_or_not_an_integer(client, top_k):
         f"/classify?top_k={top_k}", content=GOOD_JPEG, headers={"content-type": "image/jpeg"}
     )
     assert_error(r, 400, "bad_top_k")
+
+
+def test_a_bad_top_k_in_the_query_is_refused_even_with_a_good_one_in_the_form(client):
+    r = client.post("/classify?top_k=0", files={"image": ("x", GOOD_JPEG)}, data={"top_k": "2"})
+    assert_error(r, 400, "bad_top_k")
+    r = client.post("/classify?top_k=3", files={"image": ("x", GOOD_JPEG)}, data={"top_k": "2"})
+    assert len(r.json()["predictions"]) == 2  # the form's
 
 
 def test_upload_over_the_limit_is_413(client):
@@ -293,9 +264,34 @@ def test_bentoml_system_routes_stay(client):
         assert client.get(path).status_code == 200, path
 
 
-def test_wrong_method_is_a_json_405(client):
-    assert_error(client.get("/classify"), 405, "method_not_allowed")
+def test_the_openapi_document_describes_the_api_and_bentomls_routes(client):
+    spec = client.get("/docs.json").json()
+    assert {"/classify", "/classify_batch", "/labels", "/model", "/readyz"} <= set(spec["paths"])
+    batch = spec["paths"]["/classify_batch"]["post"]["requestBody"]["content"]
+    images = batch["multipart/form-data"]["schema"]["properties"]["images"]
+    assert images["maxItems"] == 8  # TIN_MAX_BATCH_IMAGES here
+    assert spec["components"]["schemas"]["Error"]["required"] == ["error"]
+
+
+def test_wrong_method_is_a_json_405_that_says_what_is_allowed(client):
+    r = client.get("/classify")
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
     assert_error(client.post("/labels"), 405, "method_not_allowed")
+
+
+def test_a_client_that_hangs_up_is_not_a_server_error():
+    async def reads_the_body(request):
+        await request.body()
+
+    async def hang_up():
+        return {"type": "http.disconnect"}
+
+    request = Request(
+        {"type": "http", "method": "POST", "path": "/classify", "headers": []}, hang_up
+    )
+    response = asyncio.run(json_errors(reads_the_body)(request))
+    assert response.status_code == 499  # as nginx logs it: not counted as a 5xx
 
 
 # --- preprocessing -----------------------------------------------------------------------------
@@ -425,53 +421,11 @@ def test_settings_from_environment(monkeypatch, tmp_path):
 # --- the real server ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
     """`bentoml serve` from the repo root on a free port, as `make serve` runs it."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {
-        **os.environ,
-        "TIN_MODEL": str(model_path),
-        "BENTOML_HOME": str(log.parent / "bentoml"),
-        "TIN_BATCH_MAX_LATENCY_MS": "30000",  # a busy CI machine must not shed requests
-    }
-    bentoml = Path(sys.executable).parent / "bentoml"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(bentoml), "serve", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the workers go with it
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"bentoml serve did not get ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with Server(model_path, tmp_path_factory.mktemp("server")) as running:
+        yield running.url
 
 
 def test_real_server_classifies_jpegs_with_a_stock_client(server, tiny_root):
