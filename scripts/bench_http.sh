@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The HTTP half of `make bench`: `python -m serving.bench` starts `bentoml serve` on MODEL, runs
-# concurrency 1, 8 and 32 for 20 s each (3 s warm-up; ~1.5 min in all), and its table is appended
+# single-image /classify at concurrency 1, 8, 32 and 64, then /classify_batch of 16 images at 1
+# and 8, for 20 s each (3 s warm-up; ~3 min in all), each with the raw backend's img/s at the
+# same model batch for the ratio, and the tables are appended
 # to OUT under a heading with the date and the command. Images: the JPEGs under
 # $TINY_IMAGENET_VAL_IMAGES (e.g. tiny-imagenet-200/val/images), or else 64 synthetic ones written
 # by training/fixtures.py (64×64 JPEGs like the real ones, but stripes: decode cost is similar,
@@ -19,15 +21,18 @@ else
   images=$tmp/tiny-imagenet-200/val/images
   what="64 synthetic JPEGs: \`python -m training.fixtures DIR --classes 8 --train 1 --val 8\`"
 fi
-args=(--serve "$model" --images "$images" -c 1 8 32 -d 20)
+args=(--serve "$model" --images "$images" -c 1 8 32 64 -d 20)
+batch=(--serve "$model" --images "$images" -c 1 8 -d 20 --batch 16)
 "$py" -m serving.bench "${args[@]}" | tee "$tmp/http.txt"  # pipefail: a failed run stops here
+"$py" -m serving.bench "${batch[@]}" | tee -a "$tmp/http.txt"
 {
   printf '\n## HTTP service, %s UTC\n\n' "$(date -u '+%Y-%m-%d %H:%M')"
-  printf -- '- command: `python -m serving.bench %s`\n' "${args[*]}"
+  printf -- '- commands: `python -m serving.bench %s`, then `... %s`\n' "${args[*]}" "${batch[*]}"
   printf -- '- images: %s\n' "$what"
   printf -- '- columns (serving/bench.py): requests, errors, img/s, latency per request in ms,'
   printf ' requests merged per model call by adaptive batching, 1-min load average (server and'
-  printf ' client included)\n\n```\n'
+  printf ' client included); then per level the mean model batch, the raw backend'"'"'s img/s at'
+  printf ' it (same process, service idle) and HTTP img/s over raw\n\n```\n'
   cat "$tmp/http.txt"
   printf '```\n'
 } >> "$out"

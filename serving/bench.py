@@ -7,8 +7,11 @@ Each of C threads keeps one HTTP/1.1 connection and sends POST /classify (or /cl
 with --batch N) back to back for the duration; latency is per request, throughput counts
 images. "merged" is the mean number of requests BentoML's adaptive batching merged into one model
 call (its histogram in /metrics); with --batch N each of them carries N images.
-Standard library only, so it runs in the `serve` environment; the client shares the machine's
-cores with the server, as a client on the same host does.
+With --serve, after the HTTP levels (the service idle), the same model's raw backend
+(serving.backend.OnnxBackend, as the service builds it) is timed in this process at each level's
+mean model batch: "vs raw" is HTTP img/s over raw img/s at that batch, taken in the same run.
+Runs in the `serve` environment; the client shares the machine's cores with the server, as a
+client on the same host does.
 """
 
 from __future__ import annotations
@@ -150,6 +153,34 @@ def run_level(url, path, payloads, per_request, concurrency, duration, warmup):
     }
 
 
+def raw_rate(model: Path, batch: int, seconds: float = 5.0) -> float:
+    """img/s of the service's backend alone on `batch` images per call (after a warm-up)."""
+    from serving.backend import OnnxBackend  # onnxruntime: only where --serve runs a model
+
+    backend = OnnxBackend(model, max_batch=batch)
+    x = np.zeros((batch, 64, 64, 3), np.uint8)
+    backend.predict(x)
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        backend.predict(x)
+        calls += 1
+    return calls * batch / (time.perf_counter() - t0)
+
+
+def add_raw_ratios(rows: list[dict], model: Path, per_request: int) -> None:
+    """Each row's "vs raw": its img/s over the backend's at its mean model batch, in place."""
+    raw = {}
+    for r in rows:
+        merged = r["requests_per_model_call"]
+        if merged is None:
+            continue
+        batch = max(1, round(merged * per_request))
+        if batch not in raw:
+            raw[batch] = raw_rate(model, batch)
+        r["model_batch"], r["raw_images_per_s"] = batch, round(raw[batch], 1)
+        r["vs_raw"] = round(r["images_per_s"] / raw[batch], 2)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,6 +207,21 @@ def start_server(model: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGTERM)
     raise SystemExit("bentoml serve did not become ready")
+
+
+def print_raw(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        for r in rows:
+            keys = ("concurrency", "model_batch", "raw_images_per_s", "vs_raw")
+            print(json.dumps({k: r.get(k) for k in keys}))
+        return
+    print(f"{'conc':>4} {'model batch':>11} {'raw img/s':>9} {'vs raw':>6}")
+    for r in rows:
+        if "vs_raw" in r:
+            print(
+                f"{r['concurrency']:>4} {r['model_batch']:>11} {r['raw_images_per_s']:>9} "
+                f"{r['vs_raw']:>6}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'conc':>4} {'reqs':>6} {'errs':>4} {'img/s':>7} {'p50 ms':>7} "
                 f"{'p90 ms':>7} {'p99 ms':>7} {'merged':>6} {'load':>5}"
             )
+        rows = []
         for c in args.concurrency:
             r = run_level(args.url, path, payloads, args.batch, c, args.duration, args.warmup)
+            rows.append(r)
             if args.json:
                 print(json.dumps(r), flush=True)
             else:
@@ -218,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['p99_ms']!s:>7} {r['requests_per_model_call']!s:>6} {r['load1']:>5}",
                     flush=True,
                 )
+        if args.serve:
+            add_raw_ratios(rows, args.serve, args.batch)
+            print_raw(rows, args.json)
     finally:
         if proc is not None:
             os.killpg(proc.pid, signal.SIGTERM)
