@@ -107,11 +107,14 @@ def bench_train(cfg: P.TrainConfig, dev: torch.device, steps: int) -> tuple[floa
 
 def inference_fns(net: torch.nn.Module, x: torch.Tensor, dev: torch.device, compile_: bool):
     """name -> a zero-argument forward of `net` on `x` in each execution mode."""
-    bf16 = lambda f: torch.autocast(dev.type, dtype=torch.bfloat16)  # noqa: E731
+
+    def bf16():
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+
     fns = {"eager fp32": lambda: net(x)}
 
     def eager_bf16():
-        with bf16(None):
+        with bf16():
             return net(x)
 
     fns["eager bf16"] = eager_bf16
@@ -119,7 +122,7 @@ def inference_fns(net: torch.nn.Module, x: torch.Tensor, dev: torch.device, comp
         comp = torch.compile(net)
 
         def compiled_bf16():
-            with bf16(None):
+            with bf16():
                 return comp(x)
 
         fns["compiled bf16"] = compiled_bf16
