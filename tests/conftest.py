@@ -42,3 +42,15 @@ def real_zip() -> Path:
             "set TINY_IMAGENET=/path/to/tiny-imagenet-200.zip to run tests on the real data"
         )
     return Path(path)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """`bentoml serve` on a 4-class fixture model, one per test module (tests/serving_fixtures.py
+    Server: it can also be killed and restarted on the same port)."""
+    pytest.importorskip("onnx")
+    from tests.serving_fixtures import Server, write_model
+
+    workdir = tmp_path_factory.mktemp("live")
+    with Server(write_model(workdir / "tiny.onnx", classes=4), workdir) as running:
+        yield running

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from clients.cli import main
-from tests.serving_fixtures import Server, fixture_images, write_model
+from tests.serving_fixtures import Server, fixture_images
 
 IMAGES = 160  # at 4 per request: 40 requests, about 1.5 s against the fixture model
 KILL_AT = IMAGES // 4  # records written when the service is killed
@@ -38,11 +38,8 @@ class CountingTransport(httpx.HTTPTransport):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("onnx")
-    workdir = tmp_path_factory.mktemp("faults")
-    with Server(write_model(workdir / "tiny.onnx", classes=4), workdir) as running:
-        yield running
+def server(live_server):
+    return live_server
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,15 @@ import httpx
 import pytest
 
 from tests import abuse
-from tests.serving_fixtures import REPO, Server, write_model
+from tests.serving_fixtures import REPO
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES = 15  # per operation and phase; scripts/fuzz_http.sh runs 300
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("onnx")
-    workdir = tmp_path_factory.mktemp("fuzz")
-    with Server(write_model(workdir / "tiny.onnx", classes=4), workdir) as running:
-        yield running
+def server(live_server):
+    return live_server
 
 
 def test_the_document_describes_every_route(server):
