@@ -37,8 +37,8 @@ serve: $(VENV)/.installed-serve
 	  exit 1; fi
 	$(VENV)/bin/bentoml serve --port $(PORT)
 
-# CPU inference speed (serving/bench_inference.py: PyTorch eager and ONNX Runtime, batch 1-256),
-# then the HTTP service's (serving/bench.py via scripts/bench_http.sh), then a fuzz of the HTTP
+# CPU inference speed (bench/inference.py: PyTorch eager and ONNX Runtime, batch 1-256),
+# then the HTTP service's (bench/http.py via scripts/bench_http.sh), then a fuzz of the HTTP
 # API (schemathesis and broken files, scripts/fuzz_http.sh), all appended to BENCHMARKS.md:
 # 6 minutes on 2 cores. Run it on an otherwise idle machine. The PyTorch row needs
 # the training checkpoint (not in git; skipped with a note without it), an INT8 row needs
@@ -49,7 +49,7 @@ BENCH_CHECKPOINT ?= runs/final/best-slim.pt
 BENCH_INT8 ?=
 BENCH_OUT ?= BENCHMARKS.md
 bench: $(VENV)/.installed-$(TEST_EXTRAS)
-	$(PY) -m serving.bench_inference --model $(BENCH_MODEL) --write $(BENCH_OUT) \
+	$(PY) -m bench.inference --model $(BENCH_MODEL) --write $(BENCH_OUT) \
 	  $$([ -f "$(BENCH_CHECKPOINT)" ] && echo --checkpoint $(BENCH_CHECKPOINT)) \
 	  $(if $(BENCH_INT8),--int8 $(BENCH_INT8))
 	bash scripts/bench_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)

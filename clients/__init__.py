@@ -4,15 +4,8 @@ Needs only the `client` extra (httpx, tqdm); Pillow only to send PIL images or n
 `python -m clients --help` for the command line.
 """
 
-from clients.client import (
-    AsyncTinyImageNetClient,
-    ClientError,
-    Label,
-    ModelInfo,
-    Prediction,
-    Result,
-    TinyImageNetClient,
-)
+from clients.client import AsyncTinyImageNetClient, TinyImageNetClient
+from clients.results import ClientError, Label, ModelInfo, Prediction, Result
 
 __all__ = [
     "AsyncTinyImageNetClient",

@@ -29,16 +29,18 @@ from pathlib import Path
 import httpx
 
 from clients.client import (
+    API_KEY_ENV,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     DEFAULT_TOP_K,
     DEFAULT_URL,
-    ClientError,
-    Result,
+    MAX_TOP_K,
     TinyImageNetClient,
 )
+from clients.results import ClientError, Result
+from common.cli import Parser
 
 # What the service decodes (serving/preprocess.py); anything else would only come back refused.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif"})
@@ -211,6 +213,7 @@ def make_client(args: argparse.Namespace, transport: httpx.BaseTransport | None)
         retries=args.retries,
         batch_size=args.batch_size,
         concurrency=args.concurrency,
+        api_key=args.api_key,
         transport=transport,
     )
 
@@ -350,8 +353,8 @@ def positive(text: str) -> int:
 
 def top_k(text: str) -> int:
     value = int(text)
-    if not 1 <= value <= 200:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 200, got {value}")
+    if not 1 <= value <= MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_TOP_K}, got {value}")
     return value
 
 
@@ -363,6 +366,12 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N", help="per request")
     p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"for a service that requires one (default ${API_KEY_ENV}); prefer the variable: "
+        "an argument shows in the process list",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -371,7 +380,7 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m clients",
         description="Classify images with the Tiny ImageNet service.",
         epilog="Exit status: 0 all classified, 1 some image failed, 2 bad usage, "

@@ -2,29 +2,33 @@
                     [--weights fp32|fp16]
                     [--tensorrt ENGINE --trt-precision fp16|int8 --max-batch N]
 
-Folds the checkpoint's network, writes a self-describing fp32 ONNX model (uint8 NHWC in,
+Folds the checkpoint's network, writes a self-describing ONNX model (uint8 NHWC in,
 normalisation inside, logits and probabilities out; see export/contract.py), checks it against
 PyTorch under ONNX Runtime and fails on a mismatch. With --data it also measures val accuracy into
 the metadata; --int8 adds NAME.int8.onnx for CPUs; --weights fp16 halves the file; --tensorrt
-builds a TensorRT 10 engine.
+builds a TensorRT 10 engine (untested: TensorRT cannot be installed on the machines this project
+has run on).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from common.cli import ConfigError, Parser, fail
+from export.contract import ContractError
 from export.tensorrt import PRECISIONS, EngineBuildError, TensorRTUnavailable
 
 
-def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[1])
+def parse(argv=None):
+    p = Parser(prog="python -m export", description=__doc__.split("\n\n")[1])
     p.add_argument("--checkpoint", required=True, help="a training checkpoint (best.pt, last.pt)")
-    p.add_argument("--out", required=True, help="the fp32 model to write, e.g. models/NAME.onnx")
+    p.add_argument("--out", required=True, help="the model to write, e.g. models/NAME.onnx")
     p.add_argument("--data", help="Tiny ImageNet zip or folder: val accuracy, parity, calibration")
     p.add_argument("--int8", action="store_true", help="also write NAME.int8.onnx (needs --data)")
     p.add_argument("--calib-images", type=int, default=512, help="training images to calibrate on")
-    p.add_argument("--tensorrt", metavar="ENGINE", help="also build a TensorRT engine here")
+    p.add_argument("--tensorrt", metavar="ENGINE",
+                   help="also build a TensorRT engine here (untested: TensorRT cannot be "
+                        "installed on the machines this project has run on)")  # fmt: skip
     p.add_argument("--trt-precision", default="fp16", choices=PRECISIONS)
     p.add_argument("--max-batch", type=int, default=64, help="largest batch the engine accepts")
     p.add_argument("--weights", default="fp32", choices=("fp32", "fp16"),
@@ -35,17 +39,20 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from export.pipeline import export  # after parsing: --help needs no torch
+    # After parsing: --help and a bad option need no torch.
+    from export.onnx_export import ExportError
+    from export.pipeline import export
+    from training.checkpoint import CheckpointError
+    from training.data import DataError
 
     try:
         export(args.checkpoint, args.out, data=args.data, int8=args.int8,
                calib_images=args.calib_images, tensorrt=args.tensorrt,
                trt_precision=args.trt_precision, max_batch=args.max_batch,
                bench=not args.no_bench, weights=args.weights)  # fmt: skip
-    except (ValueError, TensorRTUnavailable, EngineBuildError) as e:
-        # CheckpointError, ExportError, ParityError, DataError and ContractError are ValueErrors.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, CheckpointError, DataError, ExportError, ContractError,
+            TensorRTUnavailable, EngineBuildError) as e:  # fmt: skip
+        return fail(e)
     return 0
 
 

@@ -50,6 +50,7 @@ class ModelCard:
     val_top1: float | None = None  # measured by the export on the val images given to it
     val_top5: float | None = None
     val_images: int | None = None
+    gflops: float | None = None  # per image: 2 × multiply-adds of the convs and linear layers
     exported_at: str | None = None
     versions: dict = field(default_factory=dict)  # torch, onnx, onnxruntime at export time
 
@@ -97,3 +98,12 @@ class ModelCard:
 
 
 METADATA_KEYS = ("format", *ModelCard.__dataclass_fields__)
+
+
+def random_images(n: int, seed: int = 0):
+    """A uint8 batch (n, 64, 64, 3) that follows the input contract, for parity checks and
+    benchmarks (numpy is imported here only: the contract itself needs none)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)

@@ -25,12 +25,15 @@ import torch
 from torch import nn
 
 from export import contract as C
+from export.contract import random_images
 from export.fold import fold_model
-from training.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from training.checkpoint import file_sha256, load_model
+from training.evaluate import predict, topk_accuracy
+from training.summary import count_macs
 
 OPSET = 18  # ≥ 17 (LayerNorm-era opsets); 18 is what torch 2.13's dynamo exporter emits natively
 FORBIDDEN_OPS = ("BatchNormalization", "Dropout")
-LOGIT_ATOL = 1e-4  # issue 5: fp32 ONNX Runtime vs PyTorch, max abs logit difference
+LOGIT_ATOL = 1e-4  # fp32 ONNX Runtime vs PyTorch, max abs logit difference
 # Storing the folded weights as fp16 rounds each to 11 bits; on the shipped ResNet-34 that moved
 # logits by at most 4.35e-3 over the 5000 val images (top-1 identical on all): 1e-2 allows 2x that.
 WEIGHTS_ATOL = {"fp32": LOGIT_ATOL, "fp16": 1e-2}
@@ -46,27 +49,6 @@ class ExportError(ValueError):
 
 class ParityError(ExportError):
     """ONNX Runtime and PyTorch disagree beyond the tolerance; the message gives the figures."""
-
-
-# --- the checkpoint ------------------------------------------------------------------------------
-
-
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """The eval-mode network of a checkpoint (EMA weights where present) and the checkpoint."""
-    from training.config import ConfigError, from_dict
-    from training.models import ModelConfig, build_model
-
-    ckpt = load_checkpoint(path)  # CheckpointError names a missing, corrupt or foreign file
-    try:
-        model = build_model(from_dict(ModelConfig, ckpt["config"]["model"]))
-        weights = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
-        model.load_state_dict(weights)
-    except (ConfigError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: checkpoint config does not describe a network: {e}") from e
-    except RuntimeError as e:  # load_state_dict: missing, unexpected or mis-shaped tensors
-        first = str(e).splitlines()[:3]
-        raise CheckpointError(f"{path}: weights do not fit its network: {first}") from e
-    return model.eval(), ckpt
 
 
 # --- the graph -----------------------------------------------------------------------------------
@@ -175,14 +157,6 @@ def set_metadata(model: onnx.ModelProto, card: C.ModelCard) -> onnx.ModelProto:
     return model
 
 
-def read_card(path_or_model) -> C.ModelCard:
-    """The ModelCard of an exported file or ModelProto (ContractError if it is not one of ours)."""
-    model = path_or_model
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(path_or_model), load_external_data=False)
-    return C.ModelCard.from_metadata({p.key: p.value for p in model.metadata_props})
-
-
 def store_fp16(model: onnx.ModelProto, min_size: int = 1024) -> onnx.ModelProto:
     """`model` with each float initializer of `min_size` or more elements stored as fp16 behind a
     Cast to fp32, in place. Why: it halves the file (the shipped ResNet-34: 85.8 → 43.0 MB, under
@@ -270,8 +244,6 @@ def run_onnx(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 2
 
 def run_torch(model: nn.Module, images: np.ndarray, mean, std, batch_size: int = 256) -> np.ndarray:
     """The reference: training's own evaluation path (training/evaluate.py), fp32 on the CPU."""
-    from training.evaluate import predict
-
     return predict(model, images, mean, std, batch_size=batch_size).numpy()
 
 
@@ -333,18 +305,6 @@ def check_parity(name: str, reference: np.ndarray, other: np.ndarray, atol=LOGIT
             f"|Δlogit| ≤ {atol:g}; top-1 differing on at most {MAX_TIE_FLIPS:.1%} of images)"
         )
     return parity
-
-
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str, float]:
-    k = min(max(ks), logits.shape[1])
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    hits = top == np.asarray(labels)[:, None]
-    return {f"top{k}": float(hits[:, :k].any(1).mean()) for k in ks}
-
-
-def random_images(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, C.IMAGE_SIZE, C.IMAGE_SIZE, 3), dtype=np.uint8)
 
 
 # --- the whole step ------------------------------------------------------------------------------
@@ -411,7 +371,10 @@ def export_fp32(
     fields, logits = {}, None
     if val is not None:
         logits, parity["val"], fields = check_val(model, sess, val, mean, std, atol)
-    card = model_card(ckpt, checkpoint_sha256, precision="fp32", weights=weights, **fields)
+    gflops = 2 * count_macs(model) / 1e9  # for the card: serving and its benchmarks need no torch
+    card = model_card(
+        ckpt, checkpoint_sha256, precision="fp32", weights=weights, gflops=gflops, **fields
+    )
     set_metadata(proto, card)
     return Export(proto, card, before, after, parity, logits, None if val is None else val[0])
 

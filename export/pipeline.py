@@ -24,10 +24,13 @@ import numpy as np
 from export import onnx_export as E
 from export import quantize as Q
 from export import tensorrt as T
-from training.checkpoint import file_sha256
+from export.contract import random_images
+from training.checkpoint import file_sha256, load_model
+from training.config import ConfigError
+from training.evaluate import topk_accuracy
 
 INT8_MIN_AGREEMENT = 0.9  # below this the quantized model is broken, not merely lossy
-INT8_TARGET_DROP = 0.01  # issue 5: top-1 change on val ≤ 1 point
+INT8_TARGET_DROP = 0.01  # reported against: top-1 change on val ≤ 1 point
 BENCH_BATCH = 64
 
 
@@ -40,17 +43,17 @@ def check_options(*, data, int8: bool, tensorrt, trt_precision: str, max_batch: 
                   weights: str = "fp32"):  # fmt: skip
     """Fail before any work on options that cannot succeed."""
     if weights not in E.WEIGHTS_ATOL:
-        raise E.ExportError(f"unknown weights {weights!r}; valid: {', '.join(E.WEIGHTS_ATOL)}")
+        raise ConfigError(f"unknown weights {weights!r}; valid: {', '.join(E.WEIGHTS_ATOL)}")
     if int8 and data is None:
-        raise ValueError("--int8 needs --data: calibration uses training images")
+        raise ConfigError("--int8 needs --data: calibration uses training images")
     if calib_images < 1:
-        raise ValueError(f"--calib-images must be >= 1, got {calib_images}")
+        raise ConfigError(f"--calib-images must be >= 1, got {calib_images}")
     if tensorrt is not None:
         if trt_precision not in T.PRECISIONS:
             valid = list(T.PRECISIONS)
-            raise ValueError(f"unknown --trt-precision {trt_precision!r}; valid: {valid}")
+            raise ConfigError(f"unknown --trt-precision {trt_precision!r}; valid: {valid}")
         if trt_precision == "int8" and data is None:
-            raise ValueError("--trt-precision int8 needs --data: calibration uses training images")
+            raise ConfigError("--trt-precision int8 needs --data: calibration uses training images")
         T.profile_shapes(max_batch)
         T.import_tensorrt()  # now, not after minutes of export
 
@@ -74,7 +77,7 @@ def compare_int8(fp32: E.Export, model, val) -> dict:
     x, y = val
     logits = E.run_onnx(E.session(model), x)
     parity = E.compare(fp32.val_logits, logits)
-    acc = E.topk_accuracy(logits, y)
+    acc = topk_accuracy(logits, y)
     change = 100 * (acc["top1"] - fp32.card.val_top1)
     print(f"int8 val: top-1 {acc['top1']:.2%} (fp32 {fp32.card.val_top1:.2%}, change "
           f"{change:+.2f} points; target ≥ -{100 * INT8_TARGET_DROP:g}), top-1 agreement with "
@@ -114,7 +117,7 @@ def check_engine(path: Path, fp32: E.Export, n: int = 256) -> dict:
 
     if not torch.cuda.is_available():
         return {}
-    x = E.random_images(n) if fp32.val_inputs is None else fp32.val_inputs[:n]
+    x = random_images(n) if fp32.val_inputs is None else fp32.val_inputs[:n]
     ref = E.run_onnx(E.session(fp32.model), x)
     got = T.EngineRunner(path).logits(torch.from_numpy(np.ascontiguousarray(x)).cuda())
     parity = E.compare(ref, got.cpu().numpy())
@@ -139,7 +142,7 @@ def export(
     """`python -m export`: write the models and NAME.export.json; return the report."""
     check_options(data=data, int8=int8, tensorrt=tensorrt, trt_precision=trt_precision,
                   max_batch=max_batch, calib_images=calib_images, weights=weights)  # fmt: skip
-    model, ckpt = E.load_model(checkpoint)
+    model, ckpt = load_model(checkpoint)
     ds, val = E.load_val(data, ckpt) if data is not None else (None, None)
     fp32 = E.export_fp32(model, ckpt, checkpoint_sha256=file_sha256(checkpoint), val=val,
                          count_unfolded=count_unfolded, weights=weights)  # fmt: skip

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from common.cli import ConfigError
 from export import contract as C
 
 PIN = "tensorrt-cu12==10.16.1.11"
@@ -48,12 +49,12 @@ class EngineBuildError(RuntimeError):
 def check_precision(precision: str, model: onnx.ModelProto) -> None:
     """int8 needs the Q/DQ model; fp32/fp16 need the float one (a Q/DQ graph would stay int8)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown TensorRT precision {precision!r}; valid: {list(PRECISIONS)}")
+        raise ConfigError(f"unknown TensorRT precision {precision!r}; valid: {list(PRECISIONS)}")
     qdq = has_qdq(model)
     if precision == "int8" and not qdq:
-        raise ValueError("int8 engines are built from the Q/DQ ONNX (quantize target 'tensorrt')")
+        raise ConfigError("int8 engines are built from the Q/DQ ONNX (quantize target 'tensorrt')")
     if precision != "int8" and qdq:
-        raise ValueError(f"a {precision} engine is built from the fp32 ONNX, not a Q/DQ one")
+        raise ConfigError(f"a {precision} engine is built from the fp32 ONNX, not a Q/DQ one")
 
 
 def has_qdq(model: onnx.ModelProto) -> bool:
@@ -64,7 +65,7 @@ def profile_shapes(max_batch: int, opt_batch: int | None = None) -> dict[str, tu
     """The optimization profile of the image input: batch 1 … max_batch, tuned at opt_batch."""
     opt_batch = max_batch if opt_batch is None else opt_batch
     if max_batch < 1 or not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"need 1 ≤ opt_batch ≤ max_batch, got opt {opt_batch}, max {max_batch}")
+        raise ConfigError(f"need 1 ≤ opt_batch ≤ max_batch, got opt {opt_batch}, max {max_batch}")
     image = (C.IMAGE_SIZE, C.IMAGE_SIZE, 3)
     return {"min": (1, *image), "opt": (opt_batch, *image), "max": (max_batch, *image)}
 
@@ -176,10 +177,10 @@ class EngineRunner:
         import torch
 
         if not (images.is_cuda and images.dtype == torch.uint8 and images.ndim == 4):
-            raise ValueError(f"need a uint8 CUDA tensor (N,64,64,3), got {images.dtype} "
+            raise ConfigError(f"need a uint8 CUDA tensor (N,64,64,3), got {images.dtype} "
                              f"{tuple(images.shape)} on {images.device}")  # fmt: skip
         if not 1 <= images.shape[0] <= self.max_batch:
-            raise ValueError(f"batch {images.shape[0]} outside this engine's 1..{self.max_batch}")
+            raise ConfigError(f"batch {images.shape[0]} outside this engine's 1..{self.max_batch}")
         # A temporary from contiguous() may be freed on return, before the engine has run: safe,
         # because torch's allocator reuses a block only for work queued later on the same stream.
         images = images.contiguous()
@@ -216,9 +217,9 @@ def ort_providers(
     """The provider list of an ONNX Runtime session for `path` 'tensorrt' or 'cuda' (each falls
     back to the next: TensorRT → CUDA → CPU for nodes a provider cannot take)."""
     if path not in ORT_PATHS:
-        raise ValueError(f"unknown ONNX Runtime GPU path {path!r}; valid: {list(ORT_PATHS)}")
+        raise ConfigError(f"unknown ONNX Runtime GPU path {path!r}; valid: {list(ORT_PATHS)}")
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {list(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; valid: {list(PRECISIONS)}")
     cuda = ("CUDAExecutionProvider", {"device_id": 0})
     if path == "cuda":
         return [cuda, "CPUExecutionProvider"]

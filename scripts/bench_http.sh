@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The HTTP half of `make bench`: `python -m serving.bench` starts `bentoml serve` on MODEL, runs
+# The HTTP half of `make bench`: `python -m bench.http` starts `bentoml serve` on MODEL, runs
 # single-image /classify at concurrency 1, 8, 32 and 64, then /classify_batch of 16 images at 1
 # and 8, for 20 s each (3 s warm-up; ~3 min in all), each with the raw backend's img/s at the
 # same model batch for the ratio, and the tables are appended
@@ -14,7 +14,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 images=${TINY_IMAGENET_VAL_IMAGES:-}
 if [ -n "$images" ]; then
-  what="the JPEGs under \`$images\` (serving.bench uses the first 256)"
+  what="the JPEGs under \`$images\` (bench.http uses the first 256)"
 else
   echo "TINY_IMAGENET_VAL_IMAGES is unset: 64 synthetic fixture JPEGs (training/fixtures.py)"
   "$py" -m training.fixtures "$tmp" --classes 8 --train 1 --val 8 > /dev/null
@@ -23,13 +23,13 @@ else
 fi
 args=(--serve "$model" --images "$images" -c 1 8 32 64 -d 20)
 batch=(--serve "$model" --images "$images" -c 1 8 -d 20 --batch 16)
-"$py" -m serving.bench "${args[@]}" | tee "$tmp/http.txt"  # pipefail: a failed run stops here
-"$py" -m serving.bench "${batch[@]}" | tee -a "$tmp/http.txt"
+"$py" -m bench.http "${args[@]}" | tee "$tmp/http.txt"  # pipefail: a failed run stops here
+"$py" -m bench.http "${batch[@]}" | tee -a "$tmp/http.txt"
 {
   printf '\n## HTTP service, %s UTC\n\n' "$(date -u '+%Y-%m-%d %H:%M')"
-  printf -- '- commands: `python -m serving.bench %s`, then `... %s`\n' "${args[*]}" "${batch[*]}"
+  printf -- '- commands: `python -m bench.http %s`, then `... %s`\n' "${args[*]}" "${batch[*]}"
   printf -- '- images: %s\n' "$what"
-  printf -- '- columns (serving/bench.py): requests, errors, img/s, latency per request in ms,'
+  printf -- '- columns (bench/http.py): requests, errors, img/s, latency per request in ms,'
   printf ' requests merged per model call by adaptive batching, 1-min load average (server and'
   printf ' client included); then per level the mean model batch, the raw backend'"'"'s img/s at'
   printf ' it (same process, service idle) and HTTP img/s over raw\n\n```\n'

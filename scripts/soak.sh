@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: `bentoml serve` on MODEL under single-image /classify requests at concurrency 32 for
-# SECONDS (serving/bench.py), with the error count and the resident memory of the whole service
+# SECONDS (bench/http.py), with the error count and the resident memory of the whole service
 # (server and workers) sampled every $SAMPLE seconds (15) into $TMPDIR/soak-rss.tsv: start, end,
 # max, and the least-squares slope over the second half. ONNX Runtime's arena and the allocator
 # grow early and then stay; a leak keeps climbing in the second half too.
@@ -35,7 +35,7 @@ sample_rss > "$samples"
 (while sleep "$sample"; do sample_rss >> "$samples"; done) &
 sampler=$!
 
-"$py" -m serving.bench --url "http://localhost:$port" ${images:+--images "$images"} -c 32 \
+"$py" -m bench.http --url "http://localhost:$port" ${images:+--images "$images"} -c 32 \
   -d "$seconds" --warmup 5 --json | tee /tmp/soak.json
 kill $sampler
 sample_rss >> "$samples"

@@ -56,8 +56,15 @@ def _card(session: ort.InferenceSession, path: Path) -> ModelCard:
         raise ModelFileError(f"{path}: {e}") from None
 
 
-def read_card(path: str | Path) -> ModelCard:
-    """The model card in the file's metadata, without optimising or placing the graph."""
+def read_card(source) -> ModelCard:
+    """The model card of an exported model: from a file's metadata (read without optimising or
+    placing the graph), or from an in-memory onnx.ModelProto (anything with metadata_props)."""
+    if hasattr(source, "metadata_props"):
+        try:
+            return ModelCard.from_metadata({p.key: p.value for p in source.metadata_props})
+        except ContractError as e:
+            raise ModelFileError(f"in-memory model: {e}") from None
+    path = source
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return _card(_session(Path(path), ["CPUExecutionProvider"], opts), Path(path))

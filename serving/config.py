@@ -17,14 +17,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import ConfigError
+
+__all__ = ["ConfigError", "Settings", "settings"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent  # in a built Bento: its src/ folder
 DEFAULT_MODEL = REPO_ROOT / "models" / "model.onnx"
 MAX_TOP_K = 200  # Tiny ImageNet's class count; a smaller model answers min(top_k, classes)
 DEFAULT_TOP_K = 5
-
-
-class ConfigError(ValueError):
-    """An environment variable that is set to something unusable."""
 
 
 def _number(name: str, default: float, minimum: float, kind=int):

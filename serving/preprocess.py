@@ -127,7 +127,8 @@ def _load(im: Image.Image) -> None:
         raise ImageError(code, f"cannot decode the {im.format} image: {text}") from None
 
 
-def _upright(im: Image.Image) -> Image.Image:
+def upright(im: Image.Image) -> Image.Image:
+    """The image as it is displayed: EXIF orientation applied (a malformed block is ignored)."""
     try:
         return ImageOps.exif_transpose(im)
     except Exception:  # a malformed EXIF block should not cost the image
@@ -152,13 +153,23 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
-    """The (64, 64, 3) uint8 RGB array for one uploaded file; ImageError if it is unusable."""
+def open_rgb(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """One uploaded file as it is displayed: RGB, upright, at its own size; ImageError if it is
+    unusable. What /explain draws its maps on."""
     if not data:
         raise ImageError("empty_image", "the image is empty (0 bytes)")
     with _open(data, max_pixels) as im:
         _load(im)
-        rgb = to_rgb(_upright(im))
+        return to_rgb(upright(im))
+
+
+def model_input(rgb: Image.Image) -> np.ndarray:
+    """An RGB image as the model's (64, 64, 3) uint8 input."""
     if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
         rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def decode(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """The (64, 64, 3) uint8 RGB array for one uploaded file; ImageError if it is unusable."""
+    return model_input(open_rgb(data, max_pixels))

@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from common.cli import Parser
 from tests.serving_fixtures import encode, fixture_array, fixture_images
 
 
@@ -304,11 +305,18 @@ def markdown(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """python -m tests.abuse URL [MARKDOWN]: the summary as a JSON line, and for BENCHMARKS.md in
     MARKDOWN if given; exit 1 on any problem."""
-    args = argv if argv is not None else sys.argv[1:]
-    summary = check(args[0].rstrip("/"))
+    p = Parser(prog="python -m tests.abuse", description=main.__doc__.split(":")[0])
+    p.add_argument("url", help="the running service, e.g. http://127.0.0.1:3000")
+    p.add_argument(
+        "markdown", nargs="?", type=Path, help="write the summary here for BENCHMARKS.md"
+    )
+    args = p.parse_args(argv)
+    if not args.url.startswith(("http://", "https://")):
+        p.error(f"the URL must start with http:// or https://, got {args.url!r}")
+    summary = check(args.url.rstrip("/"))
     print(json.dumps(summary))
-    if len(args) > 1:
-        Path(args[1]).write_text(markdown(summary))
+    if args.markdown:
+        args.markdown.write_text(markdown(summary))
     return 0 if passed(summary) else 1
 
 

@@ -198,8 +198,9 @@ def test_translate_moves_by_whole_pixels():
 
 @pytest.mark.parametrize(("ox", "oy"), [(0, 0), (3, 7), (8, 8)])
 def test_crop_matrix_is_crop_then_bilinear_resize(ox, oy):
-    # seed 002 §4.2: a 56×56 crop rescaled to 64×64. Inside, the warp equals crop + resize; on the
-    # outermost ring it reads the true neighbour instead of repeating the crop's edge.
+    # Ebrahimi & Abadi §4.2: a 56×56 crop rescaled to 64×64. Inside, the warp equals crop +
+    # resize; on the outermost ring it reads the true neighbour instead of repeating the crop's
+    # edge.
     x = torch.rand(1, 3, 64, 64)
     ref = F.interpolate(x[..., oy : oy + 56, ox : ox + 56], size=64, mode="bilinear")
     frac, cx, cy = torch.tensor([56 / 64]), torch.tensor([(2 * ox + 56) / 64 - 1]), None

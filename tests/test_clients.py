@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from clients import AsyncTinyImageNetClient, ClientError, Prediction, TinyImageNetClient
+from clients import AsyncTinyImageNetClient, ClientError, Prediction, TinyImageNetClient, inputs
 from clients import client as client_module
 from clients.cli import main
 
@@ -345,7 +345,7 @@ def test_iterables_stream_through_a_bounded_window():
 def test_requests_stay_under_the_byte_budget():
     sizes = [3, 3, 3, 9, 1, 1]  # MiB; 9 alone is over the budget and goes alone
     images = [bytes(n << 20) for n in sizes]
-    chunks = client_module._chunks(images, batch_size=32, max_bytes=8 << 20)
+    chunks = inputs.chunks(images, batch_size=32, max_bytes=8 << 20)
     assert [[len(it.data) >> 20 for it in c] for c in chunks] == [[3, 3], [3], [9], [1, 1]]
 
 

@@ -15,6 +15,7 @@ from export import onnx_export as E
 from export import quantize as Q
 from export import tensorrt as T
 from export.__main__ import main
+from export.contract import random_images
 from export.fold import (
     ChannelAffine,
     FoldError,
@@ -24,9 +25,17 @@ from export.fold import (
     fold_survival,
 )
 from export.pipeline import export, int8_path
+from serving.backend import read_card
 from training import presets as P
 from training import train as TR
-from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    CheckpointError,
+    file_sha256,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from training.config import ConfigError
 from training.data import load
 from training.models import Chain, build_model
 
@@ -59,7 +68,7 @@ FOLD_CASES = {
                                         "shortcut": "avgpool-pad"}),
     "unit-b-avgpool-pad": ("resnet18", {**SMALL, "variant": "b", "survival_last": 0.5,
                                         "shortcut": "avgpool-pad"}),
-    # seed 002: dropout inside each basic block and before the classifier
+    # Ebrahimi & Abadi: dropout inside each basic block and before the classifier
     "dropout-block": ("ebrahimi-net4", {"num_classes": 10, "survival_last": 0.5}),
     "plain-twin": ("plain18", SMALL),
     "cifar-stem": ("resnet18-cifar", {**SMALL, "survival_last": 0.8}),
@@ -150,7 +159,7 @@ def test_graph_structure(exported):
 
 def test_metadata_round_trip(exported, tiny_ckpt):
     path, report = exported
-    card = E.read_card(path)
+    card = read_card(path)
     ckpt = load_checkpoint(tiny_ckpt)
     assert card.wnids == tuple(ckpt["classes"]["wnids"])
     assert card.names[0] == "goldfish"
@@ -170,8 +179,8 @@ def test_metadata_round_trip(exported, tiny_ckpt):
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_onnx_matches_pytorch(exported, tiny_ckpt, batch):
     path, _ = exported
-    model, ckpt = E.load_model(tiny_ckpt)
-    x = E.random_images(batch, seed=batch)
+    model, ckpt = load_model(tiny_ckpt)
+    x = random_images(batch, seed=batch)
     ref = E.run_torch(model, x, ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"])
     logits, probs = E.session(path).run(None, {C.INPUT_NAME: x})
     assert logits.shape == (batch, 4)
@@ -184,7 +193,7 @@ def test_int8_keeps_top1(exported, tiny_zip):
     path, report = exported
     q = int8_path(path)
     assert report["int8"]["path"] == str(q)
-    card = E.read_card(q)
+    card = read_card(q)
     assert card.precision == "int8"
     assert card.val_images == 16
     assert "QuantizeLinear" in E.op_counts(onnx.load(str(q)))
@@ -233,7 +242,7 @@ def test_corrupt_checkpoint_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        E.load_model(bad)
+        load_model(bad)
     assert main(["--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
@@ -244,10 +253,10 @@ def test_checkpoint_whose_weights_do_not_fit(tiny_ckpt, tmp_path):
     ckpt["config"]["model"]["widths"] = [16, 32, 64, 128]
     save_checkpoint(tmp_path / "wrong.pt", {k: v for k, v in ckpt.items() if k != "format"})
     with pytest.raises(CheckpointError, match="weights do not fit"):
-        E.load_model(tmp_path / "wrong.pt")
+        load_model(tmp_path / "wrong.pt")
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a tiny-imagenet-resnet"):
-        E.load_model(tmp_path / "foreign.pt")
+        load_model(tmp_path / "foreign.pt")
 
 
 def test_data_with_other_classes_is_refused(tiny_ckpt, tiny_zip):
@@ -290,13 +299,13 @@ def test_fp16_weights_halve_the_file_and_stay_within_tolerance(exported, tiny_ck
     report = export(tiny_ckpt, out, data=tiny_zip, weights="fp16", int8=True, calib_images=48,
                     bench=False, count_unfolded=False)  # fmt: skip
     assert out.stat().st_size < 0.6 * fp32_path.stat().st_size
-    card = E.read_card(out)
+    card = read_card(out)
     assert (card.weights, card.precision) == ("fp16", "fp32")
     model = onnx.load(str(out))
     big = [i.data_type for i in model.graph.initializer if np.prod(i.dims) >= 1024]
     assert big
     assert set(big) == {onnx.TensorProto.FLOAT16}  # small tensors stay fp32: nothing to gain
-    x = E.random_images(64, seed=3)
+    x = random_images(64, seed=3)
     full, half = E.run_onnx(E.session(fp32_path), x), E.run_onnx(E.session(model), x)
     assert 0 < np.abs(full - half).max() <= E.WEIGHTS_ATOL["fp16"]
     assert report["fp32"]["parity"]["val"]["top1_mismatches"] == 0
@@ -323,7 +332,7 @@ def test_unusable_options_fail_before_any_work(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["--checkpoint", str(tiny_ckpt), "--out", str(out), "--int8"]) == 2
     assert "--int8 needs --data" in capsys.readouterr().err
-    with pytest.raises(E.ExportError, match=r"unknown weights 'int4'; valid: fp32, fp16"):
+    with pytest.raises(ConfigError, match=r"unknown weights 'int4'; valid: fp32, fp16"):
         export(tiny_ckpt, out, weights="int4", bench=False)
     with pytest.raises(ValueError, match=r"valid: \['cpu', 'tensorrt'\]"):
         Q.quantize_int8(onnx.ModelProto(), np.zeros((1, 64, 64, 3), np.uint8), target="gpu")
@@ -405,13 +414,13 @@ def test_engine_matches_onnxruntime(exported, tmp_path, precision):
     path, _ = exported
     src = path
     if precision == "int8":
-        calib = E.random_images(64)
+        calib = random_images(64)
         src = E.save(Q.quantize_int8(onnx.load(str(path)), calib, target="tensorrt"),
                      tmp_path / "qdq.onnx")  # fmt: skip
     engine = T.build_engine(src, tmp_path / f"{precision}.engine", precision=precision,
                             max_batch=64)  # fmt: skip
     runner = T.EngineRunner(engine)
-    x = E.random_images(64)
+    x = random_images(64)
     ref = E.run_onnx(E.session(path), x)
     got = runner.logits(torch.from_numpy(x).cuda()).cpu().numpy()
     if precision == "fp16":

@@ -12,6 +12,7 @@ from torch import nn
 from torch._dynamo.testing import CompileCounter
 
 from training import models as M
+from training import summary as S
 from training.config import ConfigError
 from training.stochastic_depth import (
     expected_active_blocks,
@@ -88,21 +89,21 @@ def hand_count(block, layers, classes=200):
     ],
 )
 def test_parameter_counts_match_hand_computation(name, block, layers):
-    assert M.param_count(M.build_model(name)) == hand_count(block, layers)
+    assert S.param_count(M.build_model(name)) == hand_count(block, layers)
 
 
 def test_resnet34_has_21_4_million_parameters():
     # Independent check: torchvision's resnet34 has 21,797,672 parameters for 1000 classes;
     # 200 classes remove 512·800 weights and 800 biases from the classifier.
-    n = M.param_count(M.build_model("resnet34"))
+    n = S.param_count(M.build_model("resnet34"))
     assert n == 21_797_672 - 512 * 800 - 800 == 21_387_272
 
 
 def test_parameter_free_shortcut_and_plain_twin_drop_exactly_the_projections():
     projections = sum(64 * 2**k * 128 * 2**k + bn(128 * 2**k) for k in range(3))
     full = hand_count("basic", (3, 4, 6, 3))
-    assert M.param_count(M.build_model("resnet34-pad")) == full - projections
-    assert M.param_count(M.build_model("plain34")) == full - projections
+    assert S.param_count(M.build_model("resnet34-pad")) == full - projections
+    assert S.param_count(M.build_model("plain34")) == full - projections
 
 
 # --- unit variants: each computes its formula ----------------------------------------------------
@@ -358,7 +359,7 @@ def test_plain_net_rejects_stochastic_depth():
         M.build_model("plain34", survival_last=0.5)
 
 
-# --- seed 002: dropout block, Table 1, plain twins -----------------------------------------------
+# --- Ebrahimi & Abadi: dropout block, Table 1, plain twins -----------------------------------
 
 
 def kinds(module):
@@ -374,7 +375,7 @@ def test_ebrahimi_basic_block_has_dropout_between_its_convs():
             *("Conv2d", "BatchNorm2d"),
         ]
         assert block.branch[3].p == 0.5
-        assert not list(block.shortcut.parameters())  # seed 002 §2: parameter-free
+        assert not list(block.shortcut.parameters())  # Ebrahimi & Abadi §2: parameter-free
 
 
 def test_ebrahimi_nets_have_table_1_depths():
@@ -392,7 +393,7 @@ def test_net6_is_net1_without_shortcuts():
     # Table 1, Net 6: (Conv 64)×2, (Conv 64)×2, (Conv 128)×2, (Conv 128)×2, (Conv 256)×2,
     # (Conv 256)×2, (Conv 512)×2.
     assert convs == [64] * 4 + [128] * 4 + [256] * 4 + [512] * 2
-    assert M.param_count(net6) == M.param_count(net1)  # the shortcuts had no parameters
+    assert S.param_count(net6) == S.param_count(net1)  # the shortcuts had no parameters
 
 
 def without_additions(module, h):
@@ -442,9 +443,9 @@ def test_gradients_reach_the_first_layer(kwargs):
 
 
 def test_stems_set_the_maps_and_the_cost():
-    sides = {s: M.stem_size(M.build_model("resnet34", stem=s)) for s in M.STEMS}
+    sides = {s: S.stem_size(M.build_model("resnet34", stem=s)) for s in M.STEMS}
     assert sides == {"imagenet": 16, "small": 32, "cifar": 64}
-    macs = {s: M.count_macs(M.build_model("resnet18", stem=s)) for s in M.STEMS}
+    macs = {s: S.count_macs(M.build_model("resnet18", stem=s)) for s in M.STEMS}
     assert 3.5 < macs["small"] / macs["imagenet"] < 4.1
     assert 14 < macs["cifar"] / macs["imagenet"] < 16.5  # "about 16×"
 
@@ -498,17 +499,17 @@ def test_eval_model_exports_without_python_randomness():
 
 
 def test_cli_list_and_layer_table(capsys):
-    assert M.main(["--list"]) == 0
+    assert S.main(["--list"]) == 0
     out = capsys.readouterr().out
     for name in M.ARCHITECTURES:
         assert f"\n{name} " in out
     row = next(line for line in out.splitlines() if line.startswith("resnet34 "))
     assert row.split()[1:5] == ["21.39M", "0.598", "imagenet", "16×16"]
     assert "64×64" in next(line for line in out.splitlines() if line.startswith("resnet34-cifar"))
-    assert M.main(["resnet18", "--set", "variant=e"]) == 0
+    assert S.main(["resnet18", "--set", "variant=e"]) == 0
     table = capsys.readouterr().out
     assert "'variant': 'e'" in table
     assert "head.4" in table  # (e) ends with BN-ReLU before the pool
-    assert f"total: {M.param_count(M.build_model('resnet18', variant='e')):,} parameters" in table
-    assert M.main(["resnet18", "--set", "stem=huge"]) == 2
+    assert f"total: {S.param_count(M.build_model('resnet18', variant='e')):,} parameters" in table
+    assert S.main(["resnet18", "--set", "stem=huge"]) == 2
     assert "valid: imagenet, small, cifar" in capsys.readouterr().err

@@ -461,28 +461,3 @@ def test_real_server_classifies_jpegs_with_a_stock_client(server, tiny_root):
         metrics = http.get("/metrics")
         assert metrics.status_code == 200
         assert "bentoml" in metrics.text
-
-
-def test_bench_ratio_to_raw_backend_uses_each_levels_model_batch(tmp_path, monkeypatch):
-    from serving import bench
-
-    pytest.importorskip("onnx")
-    model = write_model(tmp_path / "tiny.onnx")
-    timed = []
-
-    def fake_raw(path, batch, seconds=5.0):
-        timed.append(batch)
-        return 100.0 * batch
-
-    rows = [
-        {"images_per_s": 50.0, "requests_per_model_call": 1.0},
-        {"images_per_s": 300.0, "requests_per_model_call": 3.6},  # batches of 4 (rounded)
-        {"images_per_s": 10.0, "requests_per_model_call": None},  # no model call counted
-    ]
-    monkeypatch.setattr(bench, "raw_rate", fake_raw)
-    bench.add_raw_ratios(rows, model, per_request=1)
-    assert timed == [1, 4]
-    assert [r.get("vs_raw") for r in rows] == [0.5, 0.75, None]
-    assert rows[1]["model_batch"] == 4
-    # The real timing runs the service's own backend on that batch.
-    assert bench.raw_rate(model, 2, seconds=0.2) > 0

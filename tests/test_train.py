@@ -11,8 +11,8 @@ import torch
 
 from training import presets as P
 from training import train as T
-from training.checkpoint import CheckpointError, load_checkpoint
-from training.config import ConfigError
+from training.checkpoint import CheckpointError, load_checkpoint, load_model
+from training.config import ConfigError, parse_overrides
 from training.evaluate import evaluate_checkpoint
 from training.fixtures import write_fixture
 
@@ -56,7 +56,7 @@ def test_smoke_end_to_end(tiny_zip, tmp_path):
 
 def test_checkpoint_rebuilds_the_same_network(tiny_zip, tmp_path):
     T.train(smoke(run={"epochs": 1}), tiny_zip, tmp_path, progress=False)
-    model, ckpt = T.model_from_checkpoint(tmp_path / "last.pt")
+    model, ckpt = load_model(tmp_path / "last.pt")
     saved = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
     rebuilt = model.state_dict()
     assert rebuilt.keys() == saved.keys()
@@ -245,13 +245,22 @@ def test_bf16_is_kept_where_native(monkeypatch, recwarn):
 
 
 def test_parse_overrides():
-    assert T.parse_overrides(["optim.lr=0.2", "model.stem=cifar", "run.bf16=false"]) == {
+    assert parse_overrides(["optim.lr=0.2", "model.stem=cifar", "run.bf16=false"]) == {
         "optim": {"lr": 0.2},
         "model": {"stem": "cifar"},
         "run": {"bf16": False},
     }
+    assert parse_overrides(["stem=cifar", "layers=[1,1,1,1]"]) == {
+        "stem": "cifar",
+        "layers": [1, 1, 1, 1],
+    }
     with pytest.raises(ConfigError, match=r"SECTION\.KEY=VALUE"):
-        T.parse_overrides(["lr=0.2"])
+        parse_overrides(["optim.lr"])
+    with pytest.raises(ConfigError, match=r"SECTION\.KEY=VALUE"):
+        parse_overrides(["optim..lr=1"])
+    # A key outside any section is refused by the config, with the valid sections listed.
+    with pytest.raises(ConfigError, match=r"unknown TrainConfig key\(s\) \['lr'\]; valid: augment"):
+        P.get("smoke", **parse_overrides(["lr=0.2"]))
 
 
 def test_slim_checkpoint_rebuilds_the_same_network(tiny_zip, tmp_path):
@@ -264,8 +273,8 @@ def test_slim_checkpoint_rebuilds_the_same_network(tiny_zip, tmp_path):
         assert (
             checkpoint_main(["slim", str(tmp_path / "last.pt"), str(dst)] + ["--half"] * half) == 0
         )
-        full, _ = T.model_from_checkpoint(tmp_path / "last.pt")
-        lean, ckpt = T.model_from_checkpoint(dst)
+        full, _ = load_model(tmp_path / "last.pt")
+        lean, ckpt = load_model(dst)
         assert "optimizer" not in ckpt
         assert ckpt["slim"]["step"] == 6
         x = torch.randn(2, 3, 64, 64)

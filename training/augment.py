@@ -2,16 +2,20 @@
 
 Input: a uint8 batch (B, H, W, 3) NHWC, as training/data.py stores images (64×64), on any device.
 Output: float32 (B, 3, H, W) in channels_last memory, standardised with the training set's
-per-channel mean and std (0..255 units) by `normalize`, the function eval and serving also use.
+per-channel mean and std (0..255 units) by `normalize`, the function evaluation also uses (the
+exported graph does the same arithmetic inside).
+
+"Sun" is L. Sun, "ResNet on Tiny ImageNet"; "Ebrahimi & Abadi" is M. S. Ebrahimi and H. K. Abadi,
+"Study of Residual Networks for Image Recognition" (README, References).
 
 Presets (`AugmentConfig.preset`):
   none      `normalize` only.
   basic     global mean subtraction (that is `normalize`) and a horizontal flip with p = 0.5
-            (seed 000 §5.2).
+            (Sun §5.2).
   ebrahimi  flip with p = 0.5, then with p = 0.7 a random 56×56 crop rescaled to 64×64
-            (seed 002 §4.2).
+            (Ebrahimi & Abadi §4.2).
   heavy     flip with p = 0.5, then each image its own random subset of `ops` (k of them, k drawn
-            per image in `ops_per_image`), each at its own random intensity (seed 000 §6).
+            per image in `ops_per_image`), each at its own random intensity (Sun §6).
 
 Every draw is per image and vectorised over the batch: no Python loop over images. The geometric
 part (flip, crop, scale, translate, rotate, shear) is composed into one affine matrix per image and
@@ -25,7 +29,6 @@ plain tensor math with per-image masks.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import statistics
@@ -45,12 +48,14 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
-from training.config import from_dict, to_dict
+from common.cli import Parser, fail
+from training.config import ConfigError, from_dict, to_dict
+from training.data import DataError
 
 PRESETS = ("none", "basic", "ebrahimi", "heavy")
 GEOMETRIC_OPS = ("crop", "scale", "translate", "rotate", "shear")
 PHOTOMETRIC_OPS = ("brightness", "contrast", "saturation", "hue", "blur", "noise", "cutout")
-# Seed 000 §6 uses twelve transforms ("flipping, cropping, scaling, shifting and etc."). Here the
+# Sun §6 uses twelve transforms ("flipping, cropping, scaling, shifting and etc."). Here the
 # flip is drawn for every heavy image (p = flip_p, as in §5.2) and k of these twelve on top, so 13
 # in all with cutout; leave one out of `ops` for the paper's twelve exactly.
 HEAVY_OPS = GEOMETRIC_OPS + PHOTOMETRIC_OPS
@@ -63,18 +68,18 @@ Tuple3 = tuple[float, float, float]
 class AugmentConfig:
     """What to augment and how strongly. Ranges are (low, high), drawn uniformly per image.
 
-    The heavy ranges follow seed 000 §6's criterion: "the augmented images have to be obvious to
+    The heavy ranges follow Sun §6's criterion: "the augmented images have to be obvious to
     human eyes, otherwise they will be too strong for our networks". The paper gives no numbers;
     these are moderate bounds, checked by eye on grids of real 64×64 images (`--out grid.png`),
     where even two or three ops at their bounds leave the object recognisable.
     """
 
     preset: str = "basic"
-    flip_p: float = 0.5  # basic, ebrahimi, heavy: horizontal flip (seed 000 §5.2, seed 002 §4.2)
-    # ebrahimi (seed 002 §4.2): "with some probability p ... crops to 56 × 56 ... p = 0.7"
+    flip_p: float = 0.5  # basic, ebrahimi, heavy: horizontal flip (Sun §5.2, Ebrahimi & Abadi §4.2)
+    # ebrahimi (Ebrahimi & Abadi §4.2): "with some probability p ... crops to 56 × 56 ... p = 0.7"
     crop_p: float = 0.7
     crop_size: int = 56
-    # heavy (seed 000 §6): "a random selection of several transformations" per image
+    # heavy (Sun §6): "a random selection of several transformations" per image
     ops: tuple[str, ...] = HEAVY_OPS
     ops_per_image: tuple[int, int] = (2, 4)
     crop_frac: tuple[float, float] = (0.75, 0.95)  # kept side; ebrahimi's 56/64 = 0.875 is inside
@@ -93,35 +98,37 @@ class AugmentConfig:
 
     def __post_init__(self):
         if self.preset not in PRESETS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown augment preset {self.preset!r}; valid presets: {', '.join(PRESETS)}"
             )
         bad = [op for op in self.ops if op not in HEAVY_OPS]
         if bad or len(set(self.ops)) != len(self.ops):
-            raise ValueError(
+            raise ConfigError(
                 f"augment ops must be distinct names from {', '.join(HEAVY_OPS)}; got {self.ops}"
             )
         if self.padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}")
+            raise ConfigError(f"padding_mode must be one of {', '.join(PADDING_MODES)}")
         for name in ("flip_p", "crop_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.crop_size < 1:
-            raise ValueError(f"crop_size must be positive, got {self.crop_size}")
+            raise ConfigError(f"crop_size must be positive, got {self.crop_size}")
         for name in ("translate", "rotate", "shear", "brightness", "hue"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} is a ± bound and must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name} is a ± bound and must be >= 0, got {getattr(self, name)}"
+                )
         ranges = ("ops_per_image", "crop_frac", "scale", "contrast", "saturation")
         for name in (*ranges, "blur_sigma", "noise_std", "cutout"):
             value = getattr(self, name)
             if len(value) != 2 or not 0 <= value[0] <= value[1]:
-                raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {value}")
+                raise ConfigError(f"{name} must be (low, high) with 0 <= low <= high, got {value}")
         if self.ops_per_image[1] > len(self.ops):
-            raise ValueError(f"ops_per_image {self.ops_per_image} exceeds the {len(self.ops)} ops")
+            raise ConfigError(f"ops_per_image {self.ops_per_image} exceeds the {len(self.ops)} ops")
         if not 0 < self.crop_frac[0] <= self.crop_frac[1] <= 1:
-            raise ValueError(f"crop_frac must lie in (0, 1], got {self.crop_frac}")
+            raise ConfigError(f"crop_frac must lie in (0, 1], got {self.crop_frac}")
         if self.scale[0] <= 0:
-            raise ValueError(f"scale must be positive, got {self.scale}")
+            raise ConfigError(f"scale must be positive, got {self.scale}")
 
     @classmethod
     def from_dict(cls, d: Mapping) -> AugmentConfig:
@@ -166,7 +173,7 @@ def standardize(x: Tensor, mean: Tuple3, std: Tuple3) -> Tensor:
 
 def normalize(x: Tensor, mean: Tuple3, std: Tuple3) -> Tensor:
     """uint8 (B, H, W, 3) → float32 (B, 3, H, W) standardised: what the model sees at eval and
-    serving time, and what every augmentation preset ends with (seed 000 §5.2's mean
+    serving time, and what every augmentation preset ends with (Sun §5.2's mean
     subtraction)."""
     return standardize(to_float_nchw(x), mean, std)
 
@@ -267,14 +274,14 @@ def warp(x: Tensor, matrix: Tensor, padding_mode: str = "reflection") -> Tensor:
 
 
 def _basic(x: Tensor, cfg: AugmentConfig, g, mean) -> Tensor:
-    # seed 000 §5.2: flip with p = 0.5. An exact flip needs no resampling.
+    # Sun §5.2: flip with p = 0.5. An exact flip needs no resampling.
     flip = _rand(len(x), g, x.device) < cfg.flip_p
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def _ebrahimi(x: Tensor, cfg: AugmentConfig, g, mean) -> Tensor:
-    # seed 002 §4.2: flip with p = 0.5, then with p = 0.7 a 56×56 crop at a random whole-pixel
-    # offset, rescaled to 64×64: one warp does both, and equals crop + bilinear resize.
+    # Ebrahimi & Abadi §4.2: flip with p = 0.5, then with p = 0.7 a 56×56 crop at a random
+    # whole-pixel offset, rescaled to 64×64: one warp does both, and equals crop + bilinear resize.
     n, dev = len(x), x.device
     (h, w), size = x.shape[-2:], cfg.crop_size
     flip = _rand(n, g, dev) < cfg.flip_p
@@ -369,7 +376,7 @@ def _heavy_pixels(x: Tensor, cfg: AugmentConfig, on: dict, g, mean: Tuple3) -> T
 
 
 def _heavy(x: Tensor, cfg: AugmentConfig, g, mean) -> Tensor:
-    # seed 000 §6: each image its own subset of the ops, each at its own intensity. Geometry first
+    # Sun §6: each image its own subset of the ops, each at its own intensity. Geometry first
     # (one warp), then colour, then blur / noise / cutout, so the hole stays a clean square.
     on = draw_ops(cfg, len(x), g, x.device)
     x = _heavy_geometry(x, cfg, on, g)
@@ -413,7 +420,7 @@ def build_augment(
     return Augment(cfg, mean, std)
 
 
-# --- CLI: a sample grid like seed 000's Figure 12, and a throughput benchmark --------------------
+# --- CLI: a sample grid like Sun's Figure 12, and a throughput benchmark --------------------
 
 
 def make_grid(images, augment, *, per_source=4, per_row=3, zoom=2, generator=None):
@@ -471,9 +478,7 @@ def bench(batch=256, iters=10, repeats=3, device="cpu", presets=PRESETS) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m training.augment", description=__doc__.split("\n")[0]
-    )
+    p = Parser(prog="python -m training.augment", description=__doc__.split("\n")[0])
     p.add_argument("--data", help="tiny-imagenet-200.zip or folder (for --out)")
     p.add_argument("--preset", default="heavy", choices=PRESETS)
     p.add_argument("--out", help="write a grid of augmented samples (PNG) here")
@@ -493,6 +498,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("nothing to do: give --bench and/or --out")
     if args.out and not args.data:
         p.error("--out needs --data")
+    try:
+        run(args)
+    except (ConfigError, DataError) as e:
+        return fail(e)
+    return 0
+
+
+def run(args) -> None:
     if args.bench:
         bench(args.batch, args.iters, args.repeats, args.device)
     if args.out:
@@ -512,7 +525,6 @@ def main(argv: list[str] | None = None) -> int:
         sheet.save(args.out)
         names = ", ".join(ds.names[int(ds.train.y[i])] for i in pick)
         print(f"wrote {args.out}: {args.preset}, {len(pick)} sources ({names})")
-    return 0
 
 
 if __name__ == "__main__":

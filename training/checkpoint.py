@@ -4,6 +4,11 @@ A checkpoint carries everything a later stage needs to rebuild the network and i
 contract from the file alone: the resolved training config (architecture included), the class
 wnids and names, and the preprocessing constants, beside the weights and the training state
 (optimizer, step, elapsed time, RNG states) that `--resume` continues from.
+
+`load_model(path)` is the one way from a file to the network that evaluation and export use:
+the weight average (EMA) where the run kept one, else the trained weights (`inference_weights`).
+
+    python -m training.checkpoint slim runs/final/last.pt models/model.pt --half
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ import os
 from pathlib import Path
 
 import torch
+
+from common.cli import Parser, fail
+from training.config import ConfigError, from_dict
+from training.models import ModelConfig, build_model
 
 FORMAT = "tiny-imagenet-resnet/checkpoint/v1"
 REQUIRED = ("format", "config", "classes", "preprocessing", "model")
@@ -54,6 +63,27 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
+def inference_weights(ckpt: dict) -> dict:
+    """The weights to evaluate and export: the EMA where the run kept one (it scores higher and
+    is what the run's own evaluation measured), else the trained weights."""
+    return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+
+
+def load_model(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """The eval-mode network a checkpoint describes, with its `inference_weights`, and the
+    checkpoint. Any problem with the file is a CheckpointError that names it."""
+    ckpt = load_checkpoint(path)
+    try:
+        model = build_model(from_dict(ModelConfig, ckpt["config"]["model"]))
+        model.load_state_dict(inference_weights(ckpt))
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: checkpoint config does not describe a network: {e}") from e
+    except RuntimeError as e:  # load_state_dict: missing, unexpected or mis-shaped tensors
+        first = str(e).splitlines()[:3]
+        raise CheckpointError(f"{path}: weights do not fit its network: {first}") from e
+    return model.to(device).eval(), ckpt
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -69,7 +99,7 @@ def slim(ckpt: dict, half: bool = False) -> dict:
     85 MB, 43 MB with `half` (fp16 storage; load_state_dict casts back into the fp32 network).
     It is what a GPU lease brings back (64 MiB a call) and what `python -m export` needs.
     """
-    weights = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+    weights = inference_weights(ckpt)
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     train = ckpt.get("train") or {}
@@ -82,10 +112,7 @@ def slim(ckpt: dict, half: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(prog="python -m training.checkpoint", description=slim.__doc__)
+    p = Parser(prog="python -m training.checkpoint", description=slim.__doc__)
     p.add_argument("command", choices=["slim"])
     p.add_argument("src")
     p.add_argument("dst")
@@ -94,8 +121,7 @@ def main(argv=None) -> int:
     try:
         out = save_checkpoint(args.dst, slim(load_checkpoint(args.src), half=args.half))
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB, sha256 {file_sha256(out)}")
     return 0
 

@@ -14,11 +14,11 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from common.cli import ConfigError
+
+__all__ = ["ConfigError", "check_choice", "from_dict", "parse_overrides", "replace", "to_dict"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that is not supported; the message lists the valid ones."""
 
 
 def check_choice(what: str, value: Any, valid) -> None:
@@ -78,3 +78,30 @@ def replace(cfg: T, **overrides) -> T:
         else:
             out[k] = _convert(hints[k], v)
     return dataclasses.replace(cfg, **out)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Command-line overrides → the nested dict `replace` takes; values are JSON where they parse.
+
+    ['optim.lr=0.2', 'model.stem=cifar'] → {'optim': {'lr': 0.2}, 'model': {'stem': 'cifar'}};
+    ['stem=cifar', 'layers=[1,1,1,1]'] → {'stem': 'cifar', 'layers': [1, 1, 1, 1]}.
+    """
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not all(key.split(".")):
+            raise ConfigError(
+                f"--set takes KEY=VALUE (SECTION.KEY=VALUE for a section), got {item!r}"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a bare string such as cifar
+        *sections, name = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} sets a key inside {section!r}, a value")
+        node[name] = value
+    return out

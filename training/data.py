@@ -12,7 +12,6 @@ val as an image folder gives every image one label and chance accuracy.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -34,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from common.cli import Parser, fail
 
 IMAGE_SIZE = 64
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -498,7 +499,7 @@ def load(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m training.data", description="Inspect (and decode and cache) Tiny ImageNet."
     )
     p.add_argument("path", help="tiny-imagenet-200.zip or an extracted tiny-imagenet-200/ folder")
@@ -519,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
         )
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     report = ds.describe()
     if args.json:
         print(json.dumps(report, indent=2))

@@ -1,13 +1,12 @@
 """Evaluate a checkpoint on Tiny ImageNet val: top-1/top-5 error, per-class accuracy, the most
-confused pairs, and a grid of misclassified images with true and predicted names (seed 000 §8,
-Figure 14).
+confused pairs, and a grid of misclassified images with true and predicted names (as in Sun,
+"ResNet on Tiny ImageNet" §8, Figure 14).
 
     python -m training.evaluate --checkpoint runs/final/best.pt --data PATH [--tta-flip] [--out DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from common.cli import Parser, fail
 from training.augment import normalize
+from training.checkpoint import CheckpointError, load_model
+from training.data import DataError
+from training.device import resolve_device
 
 
 @torch.no_grad()
@@ -51,11 +54,17 @@ def predict(
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def topk_errors(logits: torch.Tensor, y, ks=(1, 5)) -> dict[str, float]:
-    y = torch.as_tensor(np.asarray(y))
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top == y[:, None]
-    return {f"top{k}_error": 1 - hits[:, :k].any(1).float().mean().item() for k in ks}
+def topk_accuracy(logits, labels, ks=(1, 5)) -> dict[str, float]:
+    """{"top1": ..., "top5": ...}: the share of rows of `logits` (N, C), numpy or a CPU tensor,
+    whose label is among their k largest. Ties go to the lower class index, as argmax does."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    order = np.argsort(-logits, axis=1, kind="stable")[:, : min(max(ks), logits.shape[1])]
+    hits = order == labels[:, None]
+    return {f"top{k}": float(hits[:, :k].any(1).mean()) for k in ks}
+
+
+def topk_errors(logits, labels, ks=(1, 5)) -> dict[str, float]:
+    return {f"{k}_error": 1 - v for k, v in topk_accuracy(logits, labels, ks).items()}
 
 
 def per_class_accuracy(pred: np.ndarray, y: np.ndarray, classes: int) -> np.ndarray:
@@ -115,14 +124,13 @@ def evaluate_checkpoint(
 ) -> dict:
     """Evaluate `checkpoint` on the val split of `data`; write JSON and error grid into `out`."""
     from training.data import load
-    from training.train import model_from_checkpoint, pick_device
 
-    device = torch.device(device or pick_device())
-    model, ckpt = model_from_checkpoint(checkpoint, device)
+    device = resolve_device(device)
+    model, ckpt = load_model(checkpoint, device)
     sub = ckpt["config"]["data"]
     ds = load(data, classes=sub["classes"], per_class=sub["per_class"])
     if list(ds.wnids) != ckpt["classes"]["wnids"]:
-        raise ValueError(f"{data}: its classes differ from those the checkpoint was trained on")
+        raise DataError(f"{data}: its classes differ from those the checkpoint was trained on")
     pre = ckpt["preprocessing"]
     logits = predict(model, ds.val.x, pre["mean"], pre["std"], device=device, tta_flip=tta_flip)
     result = {
@@ -139,9 +147,7 @@ def evaluate_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m training.evaluate", description=__doc__.split("\n")[0]
-    )
+    p = Parser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="tiny-imagenet-200.zip or folder")
     p.add_argument("--tta-flip", action="store_true", help="average logits with the mirror image")
@@ -151,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     args = p.parse_args(argv)
     out = args.out or Path(args.checkpoint).parent
-    r = evaluate_checkpoint(
-        args.checkpoint, args.data, tta_flip=args.tta_flip, out=out, device=args.device
-    )
+    try:
+        r = evaluate_checkpoint(
+            args.checkpoint, args.data, tta_flip=args.tta_flip, out=out, device=args.device
+        )
+    except (CheckpointError, DataError) as e:
+        return fail(e)
     print(json.dumps({k: r[k] for k in ("top1_error", "top5_error", "loss", "images")}))
     print(f"wrote {Path(out) / 'evaluation.json'} and {Path(out) / 'errors.png'}")
     return 0

@@ -9,13 +9,15 @@ across classes in shuffled order, so code that reads val/ as class folders fails
 
 from __future__ import annotations
 
-import argparse
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from common.cli import Parser
 
 # Real Tiny ImageNet classes first, so names look like the real thing; synthetic ones after.
 REAL_CLASSES = (
@@ -105,10 +107,8 @@ def zip_folder(root: str | Path, zip_path: str | Path) -> Path:
     return zip_path
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m training.fixtures", description=__doc__.split("\n")[0]
-    )
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m training.fixtures", description=__doc__.split("\n")[0])
     p.add_argument("out", help="folder to write tiny-imagenet-200/ into")
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--train", type=int, default=12, help="train images per class")
@@ -116,13 +116,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zip", action="store_true", help="also write tiny-imagenet-200.zip beside it")
     args = p.parse_args(argv)
+    for name in ("classes", "train", "val"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     root = write_fixture(
         args.out, classes=args.classes, train=args.train, val=args.val, seed=args.seed
     )
     print(root)
     if args.zip:
         print(zip_folder(root, Path(args.out) / "tiny-imagenet-200.zip"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

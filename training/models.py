@@ -1,15 +1,16 @@
-"""The seeds' networks: ResNet-18/34/50 with the unit variants and stochastic depth of seed 000
-(Sun), the Table 1 nets of seed 002 (Ebrahimi & Abadi), and the plain-ConvNet twin of any of them.
+"""The networks of the two papers this project reproduces: ResNet-18/34/50 with the unit variants
+and stochastic depth of Sun, "ResNet on Tiny ImageNet", the Table 1 nets of Ebrahimi & Abadi,
+"Study of Residual Networks for Image Recognition", and the plain-ConvNet twin of any of them.
 
-    python -m training.models --list       # every named architecture: params, GFLOPs at 64×64
-    python -m training.models resnet34     # its layer table (--set stem=cifar to change a field)
+    build_model("resnet34", variant="e")     # a registered architecture, fields overridden
+    python -m training.summary --list        # every architecture: params, GFLOPs at 64×64
 
 A network is `stem` → `body` → `head`. Every residual unit is a `ResidualBlock` holding
 
     branch    a Chain of conv / bn / relu / dropout: the residual function f, pre-activation
               included for units (d) and (e)
     shortcut  nn.Identity, a projection Chain(conv 1×1, bn), a PadShortcut (average pooling plus
-              zero channels, seed 002 §2), or None in a plain twin
+              zero channels, Ebrahimi & Abadi §2), or None in a plain twin
     post      what follows the addition: ReLU (a), BN-ReLU (b), nn.Identity (c, d, e)
     survival  p_l, a float. At test time out = post(shortcut(x) + p_l·branch(x)), so the export
               stage can fold p_l into the branch's last conv (through its BN, and through a
@@ -20,12 +21,9 @@ Eval mode has no randomness and no data-dependent Python, so it traces and expor
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +51,7 @@ _SPEC_TOKEN = re.compile(r"(conv|bb)(\d+)(?:x(\d+))?|(avg|max)(\d+)|(dropout)")
 class ModelConfig:
     """The whole architecture. `dataclasses.asdict` of it rebuilds the same network."""
 
-    family: str = "resnet"  # 'resnet': stages of blocks; 'spec': a seed-002 Table 1 column
+    family: str = "resnet"  # 'resnet': stages of blocks; 'spec': an Ebrahimi & Abadi Table 1 column
     block: str = "basic"  # 'basic' (2 × conv 3×3) | 'bottleneck' (1×1, 3×3, 1×1 ×4)
     layers: tuple[int, ...] = (2, 2, 2, 2)  # blocks per stage
     widths: tuple[int, ...] = (64, 128, 256, 512)  # stage widths (bottleneck: before ×4)
@@ -62,7 +60,7 @@ class ModelConfig:
     variant: str = "a"  # residual unit, He et al. 2016 Fig. 4 (a)-(e)
     shortcut: str = "projection"  # when shapes change: 'projection' | 'avgpool-pad'
     num_classes: int = 200
-    dropout: float = 0.0  # between the convs of each block (seed 002 Figure 3: 0.5)
+    dropout: float = 0.0  # between the convs of each block (Ebrahimi & Abadi Figure 3: 0.5)
     survival_last: float = 1.0  # p_L of stochastic depth; 1.0 = off
     zero_init_residual: bool = False  # last BN (or conv) of every branch starts at zero
     plain: bool = False  # no shortcuts: the plain-ConvNet twin
@@ -150,7 +148,7 @@ class Chain(nn.Sequential):
 
 
 class PadShortcut(nn.Module):
-    """Seed 002 §2's parameter-free shortcut: average pooling for the reduction, zero-padded
+    """Ebrahimi & Abadi §2's parameter-free shortcut: average pooling for the reduction, zero-padded
     channels for the enlargement (He et al. 2015's option A, with pooling for subsampling)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
@@ -241,7 +239,7 @@ def make_branch(convs: list[nn.Conv2d], variant: str, dropout: float) -> Chain:
     layers = []
     for i, conv in enumerate(convs):
         before, after = _around_conv(variant, conv, last=i == len(convs) - 1)
-        # Seed 002 Figure 3: dropout right before the second conv of the basic block.
+        # Ebrahimi & Abadi Figure 3: dropout right before the second conv of the basic block.
         drop = [nn.Dropout(dropout)] if i > 0 and dropout > 0 else []
         layers += [*before, *drop, conv, *after]
     return Chain(*layers)
@@ -311,8 +309,8 @@ def _resnet(cfg: ModelConfig) -> Net:
 
 
 def _spec_net(cfg: ModelConfig) -> Net:
-    """A Table 1 column of seed 002: 3×3 conv-bn-relu units, basic blocks (stride 1; the pools
-    do the reduction), pools, dropout, then a classifier over the flattened final maps."""
+    """A Table 1 column of Ebrahimi & Abadi: 3×3 conv-bn-relu units, basic blocks (stride 1; the
+    pools do the reduction), pools, dropout, then a classifier over the flattened final maps."""
     c, size, layers = 3, IMAGE_SIZE, []
     for kind, n in parse_spec(cfg.spec):
         if kind == "conv":
@@ -376,7 +374,7 @@ def build_model(cfg_or_name: ModelConfig | str, **overrides) -> Net:
 
 
 def plain_twin(cfg: ModelConfig) -> ModelConfig:
-    """The same network without shortcuts (seed 002 §5: Net 6 is Net 1's twin)."""
+    """The same network without shortcuts (Ebrahimi & Abadi §5: Net 6 is Net 1's twin)."""
     return replace(cfg, plain=True, survival_last=1.0, zero_init_residual=False)
 
 
@@ -450,73 +448,13 @@ def compile_branches(model: nn.Module, **compile_kwargs) -> nn.Module:
     return model
 
 
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _probe(model: nn.Module, size: int, hooks) -> None:
-    """One eval forward of a 1×3×size×size zero image with forward hooks, state restored."""
-    handles = [m.register_forward_hook(hook) for m, hook in hooks]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-
-
-def count_macs(model: nn.Module, size: int = IMAGE_SIZE) -> int:
-    """Multiply-accumulates of Conv2d and Linear layers for one size×size image (all blocks on)."""
-    macs = 0
-
-    def hook(m, inputs, out):
-        nonlocal macs
-        if isinstance(m, nn.Conv2d):
-            macs += out.numel() * m.weight[0].numel()  # per output: Cin/groups × kh × kw
-        else:
-            macs += m.in_features * m.out_features
-
-    _probe(
-        model, size, [(m, hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    )
-    return macs
-
-
-def layer_table(model: nn.Module, size: int = IMAGE_SIZE) -> list[dict]:
-    """Every leaf layer and every block, in forward order: name, type, output shape, params."""
-    rows, hooks, pre = [], [], []
-    for name, m in model.named_modules():
-        if isinstance(m, ResidualBlock | PadShortcut) or not list(m.children()):
-            row = {"name": name, "type": type(m).__name__, "shape": None, "params": param_count(m)}
-            if isinstance(m, ResidualBlock):
-                row["type"] = f"ResidualBlock p={m.survival:.3f}"
-            # Rows in call order (a block before its layers), shapes filled in after the call.
-            pre.append(m.register_forward_pre_hook(lambda *_, row=row: rows.append(row)))
-            hooks.append((m, lambda _m, _i, out, row=row: row.update(shape=tuple(out.shape))))
-    try:
-        _probe(model, size, hooks)
-    finally:
-        for h in pre:
-            h.remove()
-    return rows
-
-
-def stem_size(model: Net, size: int = IMAGE_SIZE) -> int:
-    """The side of the maps the body sees (16 for the imagenet stem at 64 px)."""
-    with torch.no_grad():
-        return model.stem.eval()(torch.zeros(1, 3, size, size)).shape[-1]
-
-
 # --- the registry --------------------------------------------------------------------------------
 
 _R18 = ModelConfig(block="basic", layers=(2, 2, 2, 2))
 _R34 = ModelConfig(block="basic", layers=(3, 4, 6, 3))
 _R50 = ModelConfig(block="bottleneck", layers=(3, 4, 6, 3))
-# Seed 002 Table 1, column by column; BB = Figure 3's basic block with dropout 0.5, and its §2
-# parameter-free shortcut (the pools do the reduction, zero channels the enlargement).
+# Ebrahimi & Abadi Table 1, column by column; BB = Figure 3's basic block with dropout 0.5, and
+# its §2 parameter-free shortcut (the pools do the reduction, zero channels the enlargement).
 _NET = {
     1: "conv64x2 avg2 bb64 bb128 avg2 bb128 bb256 avg2 bb256 avg2 bb512 avg2 fc",
     2: "conv64 avg2 bb128 avg2 bb128 bb256 avg2 bb256 avg2 bb512 avg4 fc",
@@ -544,7 +482,7 @@ ARCHITECTURES: dict[str, ModelConfig] = {
     "resnet34-small": replace(_R34, stem="small"),
     "resnet18-cifar": replace(_R18, stem="cifar"),
     "resnet34-cifar": replace(_R34, stem="cifar"),
-    # Seed 002 §2's parameter-free shortcut on ResNet-34.
+    # Ebrahimi & Abadi §2's parameter-free shortcut on ResNet-34.
     "resnet34-pad": replace(_R34, shortcut="avgpool-pad"),
     # He et al. 2015's plain baselines: the ResNets without shortcuts.
     "plain18": plain_twin(_R18),
@@ -552,101 +490,3 @@ ARCHITECTURES: dict[str, ModelConfig] = {
     **{f"ebrahimi-net{n}": cfg for n, cfg in _EBRAHIMI.items()},
     "ebrahimi-net6": plain_twin(_EBRAHIMI[1]),  # Table 1: Net 6 is Net 1 without shortcuts
 }
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-
-
-def list_rows(names=None, size: int = IMAGE_SIZE) -> list[dict]:
-    rows = []
-    for name in names or ARCHITECTURES:
-        cfg = ARCHITECTURES[name]
-        model = build_model(cfg)
-        stats = depth_stats(model)
-        side = stem_size(model, size)
-        rows.append({
-            "name": name,
-            "params": param_count(model),
-            "gflops": 2 * count_macs(model, size) / 1e9,
-            "stem": cfg.stem if cfg.family == "resnet" else "spec",
-            "after_stem": f"{side}×{side}",
-            "depth": int(stats["depth"]),
-            "blocks": int(stats["blocks"]),
-            "active": (stats["expected_active_blocks"], stats["expected_active_depth"]),
-        })  # fmt: skip
-    return rows
-
-
-def format_list(rows: list[dict], size: int = IMAGE_SIZE) -> str:
-    lines = [
-        f"{'name':<15} {'params':>8} {'GFLOPs':>7} {'stem':<9} {'maps':>6} {'depth':>5} "
-        f"{'blocks':>6}  E[active blocks/depth]",
-    ]
-    for r in rows:
-        blocks, depth = r["active"]
-        active = f"{blocks:.2f} / {depth:.1f}" if blocks < r["blocks"] else "all"
-        lines.append(
-            f"{r['name']:<15} {r['params'] / 1e6:>7.2f}M {r['gflops']:>7.3f} {r['stem']:<9} "
-            f"{r['after_stem']:>6} {r['depth']:>5} {r['blocks']:>6}  {active}"
-        )
-    lines.append(
-        f"GFLOPs = 2 × multiply-accumulates of Conv2d and Linear for one {size}×{size} image; "
-        "maps = spatial size after the stem."
-    )
-    return "\n".join(lines)
-
-
-def format_table(model: nn.Module, size: int = IMAGE_SIZE) -> str:
-    rows = layer_table(model, size)
-    width = max(len(r["name"]) for r in rows)
-    lines = [f"{'layer':<{width}}  {'type':<24} {'output':<18} {'params':>10}"]
-    for r in rows:
-        shape = "×".join(map(str, r["shape"][1:])) if r["shape"] else "-"
-        lines.append(f"{r['name']:<{width}}  {r['type']:<24} {shape:<18} {r['params']:>10,}")
-    macs = count_macs(model, size)
-    lines.append(
-        f"total: {param_count(model):,} parameters, {2 * macs / 1e9:.3f} GFLOPs at {size}×{size}"
-    )
-    return "\n".join(lines)
-
-
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw  # a bare string such as cifar
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m training.models", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("name", nargs="?", help="an architecture: print its layer table")
-    p.add_argument("--list", action="store_true", help="every architecture, params and GFLOPs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a ModelConfig field: stem=cifar, layers=[1,1,1,1]")  # fmt: skip
-    p.add_argument("--size", type=int, default=IMAGE_SIZE, help="input side in pixels")
-    args = p.parse_args(argv)
-    if not args.list and not args.name:
-        p.error("give --list or an architecture name")
-    try:
-        if args.list:
-            print(format_list(list_rows(size=args.size), args.size))
-        if args.name:
-            model = build_model(args.name, **_parse_set(args.set))
-            print(f"{args.name}: {dataclasses.asdict(model.config)}")
-            print(format_table(model, args.size))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

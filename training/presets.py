@@ -3,7 +3,9 @@
 `get(name, **overrides)` returns a frozen `TrainConfig`; overrides are nested dicts
 (`get("final", optim={"batch_size": 256})`) and unknown keys fail with the valid ones listed.
 
-Where a seed does not state a hyperparameter (learning rate, weight decay, the iterations of its
+The papers: "Sun" is L. Sun, "ResNet on Tiny ImageNet" (ResNet-34, stochastic depth, heavy
+augmentation); "Ebrahimi & Abadi" is "Study of Residual Networks for Image Recognition" (Nets 1-6).
+Where a paper does not state a hyperparameter (learning rate, weight decay, the iterations of its
 improved models) we use He et al.'s ImageNet values (SGD, momentum 0.9, lr 0.1 for batch 256
 scaled linearly, weight decay 1e-4) and say so beside the preset.
 """
@@ -13,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from training.augment import AugmentConfig
-from training.config import ConfigError, check_choice, replace
-from training.models import ARCHITECTURES, ModelConfig
+from training.config import ConfigError, replace
+from training.models import ModelConfig
+from training.models import get_config as arch
 from training.schedule import ScheduleConfig
 
 
@@ -63,11 +66,6 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-def arch(name: str, **overrides) -> ModelConfig:
-    check_choice("architecture", name, sorted(ARCHITECTURES))
-    return replace(ARCHITECTURES[name], **overrides)
 
 
 def _sun(model: ModelConfig, augment: str, iterations: int, milestones) -> TrainConfig:
@@ -151,14 +149,11 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
                 mix_prob=0.5,
                 ema=0.999,
             ),
-            # First H100 run (2026-11-23): at lr 0.4 the val error of the EMA weights swung
-            # 72% -> 96% -> 72% over epochs 10-26, while the peak lasted; 62.30% top-1 after 52
-            # epochs. At 0.2 (second run, models/metrics.jsonl) the curve is smooth: 64.68% after
-            # 55.7 epochs in 12 minutes.
+            # Peak lr 0.2: at 0.4 the EMA weights' val error swung 72% -> 96% -> 72% while the
+            # peak lasted; at 0.2 the curve is smooth (docs/LOG.md).
             schedule=ScheduleConfig(name="onecycle", lr=0.2, warmup=0.15),
-            # The schedule anneals to whichever ends first, 120 epochs or 20 minutes (train.py):
-            # eager steps ran 8,600 img/s on one H100 and up to 12,900 on another, where 120
-            # epochs take 23 and 15.5 minutes.
+            # Anneals to whichever ends first, 120 epochs or 20 minutes: one H100 ran 8,600 to
+            # 12,900 img/s eager, where 120 epochs take 23 to 15.5 minutes.
             run=RunConfig(epochs=120, time_limit=20),
         ),
     ),

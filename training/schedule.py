@@ -2,7 +2,7 @@
 
 Progress is steps done over total steps, or, under a time budget, the larger of that and the
 elapsed share of the budget: the rate then reaches its final value exactly when the time does, so a
-run on a GPU of unknown speed still finishes annealed (../shared/GPU.md, "Budget of one lease").
+run on a GPU of unknown speed still finishes annealed, evaluated and checkpointed.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from training.config import check_choice
+from training.config import ConfigError, check_choice
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
@@ -29,7 +29,7 @@ class ScheduleConfig:
     def __post_init__(self):
         check_choice("schedule", self.name, SCHEDULES)
         if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be a share of the run in [0, 1), got {self.warmup}")
+            raise ConfigError(f"warmup must be a share of the run in [0, 1), got {self.warmup}")
 
 
 def lr_at(cfg: ScheduleConfig, progress: float) -> float:

@@ -1,7 +1,7 @@
 """The stochastic-depth survival schedule, as pure functions (no torch).
 
-Huang et al. 2016, "Deep networks with stochastic depth" §3, used by seed 000 (Sun) §5.1: during
-training block l of L is kept with probability
+Huang et al. 2016, "Deep networks with stochastic depth" §3, used by Sun, "ResNet on Tiny
+ImageNet" §5.1: during training block l of L is kept with probability
 
     p_l = 1 − (l / L)(1 − p_L),   l = 1 … L,
 

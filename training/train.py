@@ -9,7 +9,6 @@ the RNG states, the epoch's order and the position in it: a resumed run continue
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -27,37 +26,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.cli import Parser, fail
 from training import presets as P
 from training.augment import Augment
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from training.config import ConfigError, from_dict, replace, to_dict
+from training.config import ConfigError, parse_overrides, replace, to_dict
 from training.data import DataError
+from training.device import bf16_supported, resolve_device
 from training.evaluate import predict, topk_errors
-from training.models import ModelConfig, build_model, compile_branches, depth_stats
+from training.models import build_model, compile_branches, depth_stats
 from training.regularizers import ema_update, mix_batch, mixed_cross_entropy
 from training.schedule import lr_at
-
-
-def pick_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def bf16_supported(device: str | torch.device) -> bool:
-    """Whether bf16 autocast is native, hence fast, on `device` (emulated bf16 is not)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        with torch.cuda.device(device):  # compute capability >= 8.0; V100 only emulates it
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type != "cpu":
-        return False
-    get = getattr(torch.cpu, "get_capabilities", None)  # cpuinfo's flags, public in torch 2.13
-    if get is None:  # an older torch: its private x86 probes, where it has them
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    caps = get()
-    # x86: AVX512-BF16 or AMX-BF16; ARM: the BF16 extension. Not `mkldnn_bf16_supported`: it
-    # says True on any AVX-512 CPU, where oneDNN emulates bf16.
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16") or caps.get("bf16"))
 
 
 def resolve_bf16(cfg: P.TrainConfig, device: torch.device) -> P.TrainConfig:
@@ -183,15 +162,6 @@ def payload(state: State, cfg: P.TrainConfig, ds, preset: str | None) -> dict:
 
 def unwrap(model):
     return getattr(model, "module", model)  # DDP
-
-
-def model_from_checkpoint(path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """The eval-mode network a checkpoint describes (EMA weights where it has them)."""
-    ckpt = load_checkpoint(path)
-    cfg = from_dict(ModelConfig, ckpt["config"]["model"])
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-    return model.to(device).eval(), ckpt
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -324,7 +294,7 @@ def end_epoch(
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and top-1 error, train against val, per epoch (seed 000 Figures 5, 8 and 13)."""
+    """Loss and top-1 error, train against val, per epoch (Sun's Figures 5, 8 and 13)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,7 +359,7 @@ def train(
 ) -> dict:
     """Train `cfg` on the dataset at `data` into `out`; return the last metrics row."""
     rank, world, dist_device = setup_distributed()
-    device = torch.device(dist_device or device or pick_device())
+    device = resolve_device(dist_device or device)
     cfg = resolve_bf16(cfg, device)  # before config.json and checkpoints: they say what ran
     out = Path(out)
     last = out / "last.pt"
@@ -480,24 +450,8 @@ class StopOnSignal:
 # --- CLI ---------------------------------------------------------------------------------------
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """['optim.lr=0.2', 'model.stem=cifar'] → {'optim': {'lr': 0.2}, 'model': {'stem': 'cifar'}}."""
-    out: dict = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise ConfigError(f"--set takes SECTION.KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw  # a bare string such as cifar
-        section, _, name = key.partition(".")
-        out.setdefault(section, {})[name] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m training.train", description=__doc__.split("\n")[0])
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     p.add_argument("--preset", help="a name from --list-presets")
     p.add_argument("--data", help="tiny-imagenet-200.zip or folder")
@@ -524,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or f"runs/{args.preset}"
         row = train(cfg, args.data, out, preset=args.preset, resume=args.resume, device=args.device)
     except (ConfigError, DataError, CheckpointError, RunExistsError, DivergedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     print(json.dumps({k: _round(v) for k, v in row.items()}))
     return 0
 

@@ -1,4 +1,4 @@
-"""Training and inference speed on a GPU, in one run, as one table (issue 13; GPU.md item 3).
+"""Training and inference speed on a GPU, in one run, as one table.
 
 Training: img/s of a preset's whole `train_step` (augmentation, mixing, forward, backward, SGD,
 EMA) on synthetic uint8 batches, as the preset is, then with each speed option flipped alone:
@@ -18,18 +18,20 @@ the lent machines (its wheels fetch libraries from outside the reachable registr
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
 
+from common.cli import ConfigError, Parser, fail
 from training import presets as P
 from training.augment import Augment
-from training.models import ModelConfig, build_model, compile_branches, count_macs
+from training.models import ModelConfig, build_model, compile_branches
+from training.summary import count_macs
 from training.train import build_state, train_step
 
 MEAN, STD = (122.5, 114.3, 101.4), (70.5, 68.6, 71.8)
@@ -161,7 +163,7 @@ def onnxruntime_cuda(model_path: str | None, x: np.ndarray):
 
 def inference_model(args, cfg: P.TrainConfig) -> torch.nn.Module:
     if args.model:
-        from export.onnx_export import read_card
+        from serving.backend import read_card
 
         mcfg = ModelConfig.from_dict(read_card(args.model).model_config)
     else:
@@ -214,8 +216,8 @@ def inference_table(args, dev: torch.device, peak: float) -> list[str]:
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python scripts/gpu/bench_gpu.py", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="final")
     p.add_argument(
         "--model", help="exported ONNX file whose architecture to time (default: the preset's)"
@@ -225,7 +227,11 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64, 256])
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--skip-train", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    try:
+        P.get(a.preset)
+    except ConfigError as e:
+        return fail(e)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu"
@@ -243,7 +249,8 @@ def main() -> None:
     body = [] if a.skip_train else [*train_table(a, dev, peak), ""]
     body += inference_table(a, dev, peak)
     print("\n".join(head + body))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,10 +1,10 @@
-"""The README's results rows from run folders brought back by collect_rows.sh (issue 12).
+"""The README's results rows from run folders brought back by collect_rows.sh.
 
     python scripts/gpu/rows.py runs/sun-final-resnet34 runs/ebrahimi-net1 ...
 
 Each row: preset, the paper's val top-1, ours (val top-1 / top-5 of the best checkpoint), epochs,
-minutes and img/s from metrics.jsonl, and the gap to the paper (rows more than 2 points below it
-must be explained in the README, issue 12).
+minutes and img/s from metrics.jsonl, and the gap to the paper (a row more than 2 points below
+the paper wants an explanation beside it in the README).
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ import statistics
 import sys
 from pathlib import Path
 
-# Val top-1 the papers report (../shared/seeds). Sun gives errors: 48% (§4, vanilla, 15,000
-# iterations), 43.7% (§5.3 and §10, improved), 34.68% (§7, final); Ebrahimi & Abadi Table 1.
+from common.cli import Parser, fail
+
+# Val top-1 the papers report. Sun ("ResNet on Tiny ImageNet") gives errors: 48% (§4, vanilla,
+# 15,000 iterations), 43.7% (§5.3 and §10, improved), 34.68% (§7, final); Ebrahimi & Abadi
+# ("Study of Residual Networks for Image Recognition") Table 1.
 # Sun's variant comparison (§5.4) is only drawn in his Figure 10: no number to copy.
 PAPER_TOP1 = {
     "sun-vanilla-resnet34": 52.0,
@@ -49,12 +52,19 @@ def row(run: Path) -> str:
     )
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python scripts/gpu/rows.py", description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (metrics.jsonl inside)")
+    args = p.parse_args(argv)
+    missing = [str(r) for r in args.runs if not (r / "metrics.jsonl").is_file()]
+    if missing:
+        return fail(f"no metrics.jsonl in {', '.join(missing)}")
     print("| preset | paper top-1 | ours top-1 / top-5 | epochs | minutes | img/s | gap |")
     print("|---|---|---|---|---|---|---|")
-    for arg in argv:
-        print(row(Path(arg)))
+    for run in args.runs:
+        print(row(run))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

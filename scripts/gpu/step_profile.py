@@ -7,12 +7,13 @@ batches (no data needed). Prints img/s medians of timed windows after a warm-up.
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
 
 import torch
 
+from common.cli import ConfigError, Parser, fail
 from training import presets as P
 from training.augment import Augment, AugmentConfig
 from training.models import compile_branches
@@ -38,13 +39,16 @@ def rate(fn, batch: int, steps: int, windows: int = 3) -> float:
     return statistics.median(out)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python scripts/gpu/step_profile.py", description=__doc__.split("\n")[0])
     p.add_argument("preset", nargs="?", default="final")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--no-compile", action="store_true")
-    a = p.parse_args()
-    cfg = P.get(a.preset)
+    a = p.parse_args(argv)
+    try:
+        cfg = P.get(a.preset)
+    except ConfigError as e:
+        return fail(e)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bs = cfg.optim.batch_size
     x = torch.randint(0, 256, (bs, 64, 64, 3), dtype=torch.uint8, device=dev)
@@ -66,7 +70,8 @@ def main() -> None:
             f"step, compiled  {rate(lambda: step(fwd, none), bs, a.steps):8.0f} img/s (no augment)"
         )
     print(f"full train_step {rate(lambda: step(fwd, aug), bs, a.steps):8.0f} img/s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,9 +1,11 @@
-"""The CPU inference benchmark's pure parts: arithmetic, table, report file and argument errors.
-Nothing here times anything, and no speed is asserted."""
+"""The benchmarks' pure parts: arithmetic, tables, report file, argument errors, and the HTTP
+benchmark's ratio to the raw backend. Nothing here times anything, and no speed is asserted."""
 
 import pytest
 
-from serving import bench_inference as B
+from bench import http as H
+from bench import inference as B
+from tests.serving_fixtures import write_model
 
 CPUINFO = """processor\t: 0
 model name\t: AMD EPYC 7B13
@@ -137,3 +139,26 @@ def test_other_processes_share_is_busy_time_not_spent_by_this_process():
     assert B.others_share((0, 0, 0), (150, 200, 120)) == pytest.approx(0.15)
     assert B.others_share((0, 0, 0), (100, 200, 120)) == 0.0  # tick rounding, never negative
     assert B.others_share((5, 5, 5), (5, 5, 5)) == 0.0
+
+
+def test_bench_ratio_to_raw_backend_uses_each_levels_model_batch(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    model = write_model(tmp_path / "tiny.onnx")
+    timed = []
+
+    def fake_raw(path, batch, seconds=5.0):
+        timed.append(batch)
+        return 100.0 * batch
+
+    rows = [
+        {"images_per_s": 50.0, "requests_per_model_call": 1.0},
+        {"images_per_s": 300.0, "requests_per_model_call": 3.6},  # batches of 4 (rounded)
+        {"images_per_s": 10.0, "requests_per_model_call": None},  # no model call counted
+    ]
+    monkeypatch.setattr(H, "raw_rate", fake_raw)
+    H.add_raw_ratios(rows, model, per_request=1)
+    assert timed == [1, 4]
+    assert [r.get("vs_raw") for r in rows] == [0.5, 0.75, None]
+    assert rows[1]["model_batch"] == 4
+    # The real timing runs the service's own backend on that batch.
+    assert H.raw_rate(model, 2, seconds=0.2) > 0

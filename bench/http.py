@@ -1,7 +1,7 @@
 """Latency and throughput of a running service, at several concurrency levels.
 
-    python -m serving.bench --url http://127.0.0.1:3000 [--images DIR] [-c 1 8 32] [-d 20]
-    python -m serving.bench --serve models/model.onnx ...   # start `bentoml serve` for the run
+    python -m bench.http --url http://127.0.0.1:3000 [--images DIR] [-c 1 8 32] [-d 20]
+    python -m bench.http --serve models/model.onnx ...   # start `bentoml serve` for the run
 
 Each of C threads keeps one HTTP/1.1 connection and sends POST /classify (or /classify_batch
 with --batch N) back to back for the duration; latency is per request, throughput counts
@@ -16,7 +16,6 @@ client on the same host does.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import io
 import json
@@ -34,6 +33,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
+
+from common.cli import ConfigError, Parser, fail
 
 REPO = Path(__file__).resolve().parent.parent
 BOUNDARY = "benchboundary7MA4YWxkTrZu0gW"
@@ -56,7 +57,7 @@ def synthetic_jpegs(n: int = 64) -> list[bytes]:
 def folder_images(folder: Path, n: int = 256) -> list[bytes]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     if not files:
-        raise SystemExit(f"no .jpeg/.jpg/.png under {folder}")
+        raise ConfigError(f"no .jpeg/.jpg/.png under {folder}")
     return [p.read_bytes() for p in files[:n]]
 
 
@@ -225,7 +226,7 @@ def print_raw(rows: list[dict], as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = Parser(prog="python -m bench.http", description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:3000")
     ap.add_argument("--serve", type=Path, help="start `bentoml serve` on this model for the run")
     ap.add_argument("--images", type=Path, help="folder of JPEG/PNG files (default: synthetic)")
@@ -235,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="images per request (>1: /classify_batch)")
     ap.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = ap.parse_args(argv)
-
-    images = folder_images(args.images) if args.images else synthetic_jpegs()
+    if min(args.concurrency) < 1 or args.batch < 1 or args.duration <= 0:
+        ap.error("concurrency and batch must be >= 1 and the duration positive")
+    try:
+        images = folder_images(args.images) if args.images else synthetic_jpegs()
+    except ConfigError as e:
+        return fail(e)
     path, payloads = bodies(images, args.batch)
     proc = None
     if args.serve:

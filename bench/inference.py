@@ -1,6 +1,6 @@
 """CPU inference speed of an exported model: PyTorch eager, ONNX Runtime fp32 (and INT8), per batch.
 
-    python -m serving.bench_inference [--model models/model.onnx] [--checkpoint CKPT]
+    python -m bench.inference [--model models/model.onnx] [--checkpoint CKPT]
         [--int8 INT8.onnx] [-b 1 8 64 256] [--seconds 12] [--rounds 3] [--write MD]
 
 The engines take turns: `--rounds` rounds, each of which times every engine at every batch size
@@ -16,8 +16,8 @@ on a rerun.
 matmul in torch on the same threads, over 3 s at the start and 3 s at the end of the run. The
 fastest call and not the median: the median of six 3-s windows in a row ranged from 132 to 167
 GFLOP/s here, their fastest calls from 134 to 176 (the drift again). GFLOPs count 2 per
-multiply-add of Conv2d and Linear layers only (`training.models.count_macs`, as
-`python -m training.models --list` reports them).
+multiply-add of Conv2d and Linear layers only, as the export writes them into the model card
+(`training.summary.count_macs`, as `python -m training.summary --list` reports them).
 
 The PyTorch row needs the training checkpoint (`--checkpoint`): the ONNX file's weights are
 folded (batch norm into the convs), so the eager network cannot be rebuilt from it. It runs the
@@ -45,6 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common.cli import ConfigError, Parser, fail
+from export.contract import random_images
 
 BATCHES = (1, 8, 64, 256)
 MIN_CALLS = 2  # per round: at batch 256 one call takes 4-7 s here
@@ -127,11 +130,15 @@ def matmul_rates(threads: int, seconds: float = 3.0, n: int = PEAK_N) -> list[fl
 # --- engines -------------------------------------------------------------------------------------
 
 
-def model_gflops(model_config: dict) -> float:
-    """GFLOPs of one 64×64 image: 2 × Conv2d and Linear multiply-adds (all blocks on)."""
-    from training.models import ModelConfig, build_model, count_macs
+def model_gflops(card) -> float:
+    """GFLOPs of one 64×64 image: 2 × Conv2d and Linear multiply-adds (all blocks on), from the
+    card; an export older than that field is counted from its network config."""
+    if card.gflops is not None:
+        return card.gflops
+    from training.models import ModelConfig, build_model
+    from training.summary import count_macs
 
-    return 2 * count_macs(build_model(ModelConfig.from_dict(model_config))) / 1e9
+    return 2 * count_macs(build_model(ModelConfig.from_dict(card.model_config))) / 1e9
 
 
 def same_network(what: str, config: dict, expected: dict) -> None:
@@ -139,14 +146,14 @@ def same_network(what: str, config: dict, expected: dict) -> None:
     from training.models import ModelConfig
 
     if ModelConfig.from_dict(config) != ModelConfig.from_dict(expected):
-        raise ValueError(f"{what} is a different network from --model: {config} vs {expected}")
+        raise ConfigError(f"{what} is a different network from --model: {config} vs {expected}")
 
 
 def torch_engine(checkpoint: Path, threads: int, expected: dict) -> Callable[[np.ndarray], object]:
     import torch
 
-    from export.onnx_export import load_model
     from training.augment import normalize
+    from training.checkpoint import load_model
 
     torch.set_num_threads(threads)
     model, ckpt = load_model(checkpoint)
@@ -164,7 +171,8 @@ def torch_engine(checkpoint: Path, threads: int, expected: dict) -> Callable[[np
 
 def onnx_engine(path: Path, threads: int, expected: dict) -> Callable[[np.ndarray], object]:
     from export import contract as C
-    from export.onnx_export import read_card, session
+    from export.onnx_export import session
+    from serving.backend import read_card
 
     same_network(f"{path}", read_card(path).model_config, expected)
     sess = session(path, threads=threads)
@@ -173,7 +181,7 @@ def onnx_engine(path: Path, threads: int, expected: dict) -> Callable[[np.ndarra
 
 def measure(engines: dict, batches, seconds: float, rounds: int) -> dict[tuple, list[list[float]]]:
     """{(engine, batch): [durations of round 1, ...]}, the engines taking turns in each round."""
-    images = {b: random_batch(b) for b in batches}
+    images = {b: random_images(b) for b in batches}
     times = {(name, b): [] for name in engines for b in batches}
     for r in range(rounds):
         for name, predict in engines.items():
@@ -183,10 +191,6 @@ def measure(engines: dict, batches, seconds: float, rounds: int) -> dict[tuple, 
                 ms = statistics.median(times[name, b][-1]) * 1000
                 print(f"# round {r + 1}/{rounds}: {name}, batch {b}: {ms:.1f} ms", flush=True)
     return times
-
-
-def random_batch(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -321,11 +325,7 @@ def append(path: Path, text: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m serving.bench_inference",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = Parser(prog="python -m bench.inference", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=Path("models/model.onnx"), help="fp32 ONNX")
     ap.add_argument("--checkpoint", type=Path, help="training checkpoint: adds the PyTorch row")
     ap.add_argument("--int8", type=Path, help="an INT8 ONNX model of the same network: adds a row")
@@ -370,18 +370,18 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    command = shlex.join(["python", "-m", "serving.bench_inference", *argv])
-    from export.onnx_export import read_card
+    command = shlex.join(["python", "-m", "bench.inference", *argv])
+    from serving.backend import ModelFileError, read_card
+    from training.checkpoint import CheckpointError
 
     try:
-        card = read_card(args.model)  # ContractError: not one of our exports
-        gflops = model_gflops(card.model_config)
+        card = read_card(args.model)  # not one of our exports
+        gflops = model_gflops(card)
         engines, notes = plan(args)
         predictors = {name: make(path, args.threads, card.model_config)
                       for name, make, path in engines}  # fmt: skip
-    except ValueError as e:  # ContractError, ConfigError, CheckpointError, a different network
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ModelFileError, ConfigError, CheckpointError) as e:
+        return fail(e)
     for n in notes:
         print(f"# {n}")
     others = [others_during(2.0)]

@@ -1,0 +1,31 @@
+"""The command-line convention every `python -m ...` of the project follows, and its one error
+type for configuration.
+
+A bad option or value is one line on stderr, `error: ...`, and exit status 2: no usage block, no
+traceback. Scripts and people can then tell "you asked for something unsupported" (2) from a
+failure of the work itself (a traceback, exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class ConfigError(ValueError):
+    """A configuration key, value or option that is not supported; the message lists the valid
+    ones. Raised by every package's config (training presets, augmentation, schedules, the
+    service's environment variables), so each CLI catches one type."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose usage errors are one `error: ...` line and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+
+def fail(error: BaseException | str) -> int:
+    """Print `error: ...` for a refused request and return the exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
