@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # What the test suite needs; each role installs only its own extra elsewhere.
-TEST_EXTRAS ?= train,export,serve,client,dev
+TEST_EXTRAS ?= train,export,serve,client,batch,dev
 
-.PHONY: test serve bench lint format clean
+.PHONY: test serve bento bench lint format clean
 
 $(VENV)/.installed-$(TEST_EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,39 +20,49 @@ test: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The service needs only the `serve` extra (BentoML, ONNX Runtime, numpy, Pillow; no torch).
+# The service needs only the `serve` extra (BentoML, ONNX Runtime, OpenVINO, numpy, Pillow; no
+# torch); the `client` extra beside it, so that the README's client commands run in the same venv.
 $(VENV)/.installed-serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[serve]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[serve,client]'
 	touch $@
 
-# Serve models/model.onnx (or $$TIN_MODEL) on http://localhost:$(PORT) from the repo root, where
-# bentofile.yaml names the service. Settings: see serving/config.py.
+# Serve models/model.onnx (or $$TIN_MODEL: a file, or a model in BentoML's store) on
+# http://localhost:$(PORT) from the repo root, where bentofile.yaml names the service. Settings:
+# see serving/config.py (TIN_BACKEND, TIN_PRECISION, TIN_API_KEYS, ...).
 PORT ?= 3000
 serve: $(VENV)/.installed-serve
-	@model="$${TIN_MODEL:-models/model.onnx}"; if [ ! -f "$$model" ]; then \
+	@model="$${TIN_MODEL:-models/model.onnx}"; case "$$model" in */*|*.onnx) \
+	  if [ ! -f "$$model" ]; then \
 	  echo "No model at $$model. The default model, models/model.onnx, is an ONNX file written" >&2; \
 	  echo "by the export stage (python -m export, see README.md); set TIN_MODEL=/path/to.onnx" >&2; \
-	  echo "to serve another exported model." >&2; \
-	  exit 1; fi
+	  echo "to serve another exported model, or TIN_MODEL=name:version for a stored one." >&2; \
+	  exit 1; fi;; esac
 	$(VENV)/bin/bentoml serve --port $(PORT)
 
-# CPU inference speed (bench/inference.py: PyTorch eager and ONNX Runtime, batch 1-256),
-# then the HTTP service's (bench/http.py via scripts/bench_http.sh), then a fuzz of the HTTP
-# API (schemathesis and broken files, scripts/fuzz_http.sh), all appended to BENCHMARKS.md:
-# 6 minutes on 2 cores. Run it on an otherwise idle machine. The PyTorch row needs
-# the training checkpoint (not in git; skipped with a note without it), an INT8 row needs
-# BENCH_INT8=path.onnx, and the HTTP part takes its JPEGs from $$TINY_IMAGENET_VAL_IMAGES
+# A Bento with the model as a BentoML model: store models/model.onnx (with its INT8 forms and
+# card), then build with it. `bentoml build` installs uv into the venv where it finds none.
+bento: $(VENV)/.installed-serve
+	$(PY) -m serving.store models/model.onnx
+	TIN_MODEL=tiny-imagenet-resnet:latest $(VENV)/bin/bentoml build
+
+# CPU inference speed of every engine × precision (bench/inference.py: ONNX Runtime fp32 and
+# INT8, OpenVINO fp32, bf16 and INT8, PyTorch eager with the checkpoint; batch 1-256), then the
+# HTTP service's (bench/http.py via scripts/bench_http.sh: ONNX Runtime fp32 against `auto`,
+# /explain beside /classify), then Ray Data batch prediction against a plain loop and the HTTP
+# client (bench/batch.py), then a fuzz of the HTTP API (schemathesis and broken files,
+# scripts/fuzz_http.sh), all appended to BENCHMARKS.md: about 25 minutes on 2 cores. Run it on an
+# otherwise idle machine. The HTTP and batch parts take their JPEGs from $$TINY_IMAGENET_VAL_IMAGES
 # (synthetic ones without it).
 BENCH_MODEL ?= models/model.onnx
-BENCH_CHECKPOINT ?= runs/final/best-slim.pt
-BENCH_INT8 ?=
+BENCH_CHECKPOINT ?= models/model.pt
 BENCH_OUT ?= BENCHMARKS.md
 bench: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m bench.inference --model $(BENCH_MODEL) --write $(BENCH_OUT) \
-	  $$([ -f "$(BENCH_CHECKPOINT)" ] && echo --checkpoint $(BENCH_CHECKPOINT)) \
-	  $(if $(BENCH_INT8),--int8 $(BENCH_INT8))
+	  $$([ -f "$(BENCH_CHECKPOINT)" ] && echo --checkpoint $(BENCH_CHECKPOINT))
 	bash scripts/bench_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
+	$(PY) -m bench.batch --model $(BENCH_MODEL) --write $(BENCH_OUT) \
+	  $${TINY_IMAGENET_VAL_IMAGES:+--images "$$TINY_IMAGENET_VAL_IMAGES"}
 	bash scripts/fuzz_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
 
 lint: $(VENV)/.installed-$(TEST_EXTRAS)

@@ -8,7 +8,7 @@ with --batch N) back to back for the duration; latency is per request, throughpu
 images. "merged" is the mean number of requests BentoML's adaptive batching merged into one model
 call (its histogram in /metrics); with --batch N each of them carries N images.
 With --serve, after the HTTP levels (the service idle), the same model's raw backend
-(serving.backend.OnnxBackend, as the service builds it) is timed in this process at each level's
+(serving.backend.open_backend, as the service builds it) is timed in this process at each level's
 mean model batch: "vs raw" is HTTP img/s over raw img/s at that batch, taken in the same run.
 Runs in the `serve` environment; the client shares the machine's cores with the server, as a
 client on the same host does.
@@ -72,12 +72,14 @@ def multipart(field: str, images: list[bytes]) -> bytes:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
-def bodies(images: list[bytes], batch: int) -> tuple[str, list[bytes]]:
-    """The path and the prepared request bodies, so the loop only sends."""
+def bodies(images: list[bytes], batch: int, endpoint: str = "classify") -> tuple[str, list[bytes]]:
+    """The path (/classify, /explain or their _batch forms, default parameters: top-5
+    predictions, the top-3 classes' maps as JSON) and the prepared request bodies, so the loop
+    only sends."""
     if batch <= 1:
-        return "/classify", [multipart("image", [d]) for d in images]
+        return f"/{endpoint}", [multipart("image", [d]) for d in images]
     groups = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
-    return "/classify_batch", [multipart("images", g) for g in groups or [images[:batch]]]
+    return f"/{endpoint}_batch", [multipart("images", g) for g in groups or [images[:batch]]]
 
 
 def worker(host, port, path, payloads, stop, results, offset):
@@ -155,10 +157,13 @@ def run_level(url, path, payloads, per_request, concurrency, duration, warmup):
 
 
 def raw_rate(model: Path, batch: int, seconds: float = 5.0) -> float:
-    """img/s of the service's backend alone on `batch` images per call (after a warm-up)."""
-    from serving.backend import OnnxBackend  # onnxruntime: only where --serve runs a model
+    """img/s of the service's backend alone on `batch` images per call (after a warm-up), as
+    TIN_BACKEND and TIN_PRECISION choose it for the service."""
+    from serving.backend import open_backend  # onnxruntime: only where --serve runs a model
+    from serving.config import settings
 
-    backend = OnnxBackend(model, max_batch=batch)
+    s = settings()
+    backend = open_backend(model, s.backend, s.precision, max_batch=batch, threads=s.threads)
     x = np.zeros((batch, 64, 64, 3), np.uint8)
     backend.predict(x)
     calls, t0 = 0, time.perf_counter()
@@ -210,18 +215,30 @@ def start_server(model: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("bentoml serve did not become ready")
 
 
+def print_row(r: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r), flush=True)
+        return
+    print(
+        f"{r['route']:<15} {r['concurrency']:>4} {r['requests']:>6} {r['errors']:>4} "
+        f"{r['images_per_s']:>7} {r['p50_ms']!s:>7} {r['p90_ms']!s:>7} "
+        f"{r['p99_ms']!s:>7} {r['requests_per_model_call']!s:>6} {r['load1']:>5}",
+        flush=True,
+    )
+
+
 def print_raw(rows: list[dict], as_json: bool) -> None:
     if as_json:
         for r in rows:
-            keys = ("concurrency", "model_batch", "raw_images_per_s", "vs_raw")
+            keys = ("route", "concurrency", "model_batch", "raw_images_per_s", "vs_raw")
             print(json.dumps({k: r.get(k) for k in keys}))
         return
-    print(f"{'conc':>4} {'model batch':>11} {'raw img/s':>9} {'vs raw':>6}")
+    print(f"{'route':<15} {'conc':>4} {'model batch':>11} {'raw img/s':>9} {'vs raw':>6}")
     for r in rows:
         if "vs_raw" in r:
             print(
-                f"{r['concurrency']:>4} {r['model_batch']:>11} {r['raw_images_per_s']:>9} "
-                f"{r['vs_raw']:>6}"
+                f"{r['route']:<15} {r['concurrency']:>4} {r['model_batch']:>11} "
+                f"{r['raw_images_per_s']:>9} {r['vs_raw']:>6}"
             )
 
 
@@ -233,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("-d", "--duration", type=float, default=20.0, help="seconds per level")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds per level, not counted")
-    ap.add_argument("--batch", type=int, default=1, help="images per request (>1: /classify_batch)")
+    ap.add_argument(
+        "--batch", type=int, default=1, help="images per request (>1: the _batch route)"
+    )
+    ap.add_argument("--endpoint", nargs="+", choices=("classify", "explain"), default=["classify"],
+                    help="several: each level runs each in turn, side by side")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = ap.parse_args(argv)
     if min(args.concurrency) < 1 or args.batch < 1 or args.duration <= 0:
@@ -242,35 +263,30 @@ def main(argv: list[str] | None = None) -> int:
         images = folder_images(args.images) if args.images else synthetic_jpegs()
     except ConfigError as e:
         return fail(e)
-    path, payloads = bodies(images, args.batch)
+    requests = {e: bodies(images, args.batch, e) for e in args.endpoint}
     proc = None
     if args.serve:
         proc, args.url = start_server(args.serve)
     try:
         info = json.loads(urllib.request.urlopen(f"{args.url}/model", timeout=30).read())
+        backend = info["backend"]
         print(
-            f"# {args.url}{path}: model {info['name']} ({info['backend']['provider']}), "
+            f"# {args.url} {'+'.join(path for path, _ in requests.values())}: model "
+            f"{info['name']} ({backend['engine']} {backend['precision']}, {backend['file']}), "
             f"{args.batch} image(s)/request, {len(images)} distinct images, "
             f"{os.cpu_count()} cores, {args.duration:g} s per level"
         )
         if not args.json:
             print(
-                f"{'conc':>4} {'reqs':>6} {'errs':>4} {'img/s':>7} {'p50 ms':>7} "
+                f"{'route':<15} {'conc':>4} {'reqs':>6} {'errs':>4} {'img/s':>7} {'p50 ms':>7} "
                 f"{'p90 ms':>7} {'p99 ms':>7} {'merged':>6} {'load':>5}"
             )
         rows = []
         for c in args.concurrency:
-            r = run_level(args.url, path, payloads, args.batch, c, args.duration, args.warmup)
-            rows.append(r)
-            if args.json:
-                print(json.dumps(r), flush=True)
-            else:
-                print(
-                    f"{r['concurrency']:>4} {r['requests']:>6} {r['errors']:>4} "
-                    f"{r['images_per_s']:>7} {r['p50_ms']!s:>7} {r['p90_ms']!s:>7} "
-                    f"{r['p99_ms']!s:>7} {r['requests_per_model_call']!s:>6} {r['load1']:>5}",
-                    flush=True,
-                )
+            for path, payloads in requests.values():  # the routes take turns at each level
+                r = run_level(args.url, path, payloads, args.batch, c, args.duration, args.warmup)
+                rows.append({"route": path, **r})
+                print_row(rows[-1], args.json)
         if args.serve:
             add_raw_ratios(rows, args.serve, args.batch)
             print_raw(rows, args.json)

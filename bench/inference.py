@@ -1,7 +1,13 @@
-"""CPU inference speed of an exported model: PyTorch eager, ONNX Runtime fp32 (and INT8), per batch.
+"""CPU inference speed of an exported model on every engine × precision the service can run
+(ONNX Runtime fp32 and INT8, OpenVINO fp32, bf16 and INT8; PyTorch eager with the checkpoint).
 
     python -m bench.inference [--model models/model.onnx] [--checkpoint CKPT]
-        [--int8 INT8.onnx] [-b 1 8 64 256] [--seconds 12] [--rounds 3] [--write MD]
+        [--engines onnxruntime:fp32 openvino:int8 ...] [-b 1 8 32 256] [--seconds 12]
+        [--rounds 3] [--write MD]
+
+Each engine is the service's own backend (serving/backend.py, as TIN_BACKEND and TIN_PRECISION
+pick it), on the model's forms beside --model (NAME.int8.onnx, NAME.int8.xml); a form that is
+not there is left out with a note.
 
 The engines take turns: `--rounds` rounds, each of which times every engine at every batch size
 for `--seconds` ÷ rounds (and ≥ 2 calls), after an untimed warm-up (≥ 1 call and ≥ 1 s), on the
@@ -12,8 +18,9 @@ the other would compare the drift as much as the engines. Latency p50/p99 are of
 call over all rounds; img/s is batch ÷ that median call, so a stray slow call moves p99 and not
 the rate; "rounds" gives the lowest and highest img/s of the single rounds, the spread to expect
 on a rerun.
-"of peak" = GFLOPs per image × img/s ÷ peak, where peak is the fastest call of a 2048×2048 fp32
-matmul in torch on the same threads, over 3 s at the start and 3 s at the end of the run. The
+"of peak" = GFLOPs per image × img/s ÷ peak, where peak is the fastest call of a 2048×2048 matmul
+in torch in the engine's precision (fp32, bf16, int8 by torch._int_mm; GOP/s for int8) on the
+same threads, over 3 s at the start and 3 s at the end of the run. The
 fastest call and not the median: the median of six 3-s windows in a row ranged from 132 to 167
 GFLOP/s here, their fastest calls from 134 to 176 (the drift again). GFLOPs count 2 per
 multiply-add of Conv2d and Linear layers only, as the export writes them into the model card
@@ -35,6 +42,7 @@ import argparse
 import datetime
 import functools
 import gc
+import json
 import os
 import shlex
 import statistics
@@ -49,7 +57,15 @@ import numpy as np
 from common.cli import ConfigError, Parser, fail
 from export.contract import random_images
 
-BATCHES = (1, 8, 64, 256)
+BATCHES = (1, 8, 32, 256)
+ENGINES = (
+    "onnxruntime:fp32",
+    "onnxruntime:int8",
+    "openvino:fp32",
+    "openvino:bf16",
+    "openvino:int8",
+)
+PRECISIONS = ("fp32", "bf16", "int8")
 MIN_CALLS = 2  # per round: at batch 256 one call takes 4-7 s here
 WARMUP_S = 1.0
 PEAK_N = 2048  # 2·2048³ = 17.2 GFLOP a call: ~0.1 s at AVX2 rates, far beyond the caches
@@ -116,15 +132,27 @@ def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = MIN_CA
     return times
 
 
-def matmul_rates(threads: int, seconds: float = 3.0, n: int = PEAK_N) -> list[float]:
-    """GFLOP/s of each call of an n×n fp32 matmul in torch on `threads` threads."""
+def matmul_rates(
+    threads: int, seconds: float = 3.0, n: int = PEAK_N, precision: str = "fp32"
+) -> list[float]:
+    """GFLOP/s (GOP/s for int8) of each call of an n×n matmul in torch on `threads` threads."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    times = time_calls(lambda: torch.mm(a, b, out=out), seconds)
+    if precision == "int8":  # oneDNN's u8s8 GEMM: VNNI where the CPU has it
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        times = time_calls(lambda: torch._int_mm(a, b), seconds)
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        out = torch.empty(n, n, dtype=dtype)
+        times = time_calls(lambda: torch.mm(a, b, out=out), seconds)
     return [matmul_gflops(n, t) for t in times]
+
+
+def peaks(threads: int, precisions) -> dict[str, list[float]]:
+    return {p: matmul_rates(threads, precision=p) for p in precisions}
 
 
 # --- engines -------------------------------------------------------------------------------------
@@ -142,10 +170,9 @@ def model_gflops(card) -> float:
 
 
 def same_network(what: str, config: dict, expected: dict) -> None:
-    """Every row of one table must be the same network: its GFLOPs are the model's."""
-    from training.models import ModelConfig
-
-    if ModelConfig.from_dict(config) != ModelConfig.from_dict(expected):
+    """Every row of one table must be the same network: its GFLOPs are the model's. Compared as
+    JSON (tuples and lists alike), so that an ONNX-only table needs no torch."""
+    if json.loads(json.dumps(config)) != json.loads(json.dumps(expected)):
         raise ConfigError(f"{what} is a different network from --model: {config} vs {expected}")
 
 
@@ -169,14 +196,15 @@ def torch_engine(checkpoint: Path, threads: int, expected: dict) -> Callable[[np
     return predict
 
 
-def onnx_engine(path: Path, threads: int, expected: dict) -> Callable[[np.ndarray], object]:
-    from export import contract as C
-    from export.onnx_export import session
-    from serving.backend import read_card
+def service_engine(spec: str, model: Path, threads: int, expected: dict):
+    """The service's backend for "ENGINE:PRECISION" on `model`'s forms; ConfigError or
+    EngineError where it cannot run here."""
+    from serving.backend import open_backend
 
-    same_network(f"{path}", read_card(path).model_config, expected)
-    sess = session(path, threads=threads)
-    return lambda images: sess.run(None, {C.INPUT_NAME: images})
+    engine, _, precision = spec.partition(":")
+    backend = open_backend(model, engine, precision, max_batch=max(BATCHES), threads=threads)
+    same_network(spec, backend.card.model_config, expected)
+    return backend.predict
 
 
 def measure(engines: dict, batches, seconds: float, rounds: int) -> dict[tuple, list[list[float]]]:
@@ -286,8 +314,18 @@ def _share(v: float | None) -> str:
 
 
 def report(*, when, command, model, gflops, matmul, threads, rounds, rows, notes, others) -> str:
+    """`matmul`: {precision: [rates at the start, rates at the end]}."""
     import onnxruntime
     import torch
+
+    try:
+        import openvino
+
+        ov = f", openvino {openvino.get_version().split('-')[0]}"
+    except ImportError:
+        ov = ""
+    medians = {p: " / ".join(f"{statistics.median(r):.1f}" for r in m) for p, m in matmul.items()}
+    peak_lines = [f"{p} {max(map(max, m)):.1f} (medians {medians[p]})" for p, m in matmul.items()]
 
     lines = [
         f"## CPU inference, {when:%Y-%m-%d %H:%M} UTC",
@@ -295,14 +333,13 @@ def report(*, when, command, model, gflops, matmul, threads, rounds, rows, notes
         f"- command: `{command}`",
         f"- machine: {machine()}; other processes' share of the cores (/proc/stat) in the 2 s "
         f"before / during the run: {_share(others[0])} / {_share(others[1])}",
-        f"- software: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"- software: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}{ov}, "
         f"Python {sys.version.split()[0]}; {threads} threads",
         f"- model: {model}: {gflops:.3f} GFLOPs per image (2 × Conv2d and Linear multiply-adds)",
-        f"- peak: {max(map(max, matmul)):.1f} GFLOP/s, the fastest call of a {PEAK_N}×{PEAK_N} "
-        f"fp32 matmul in torch ({threads} threads), 3 s at the start and 3 s at the end of the "
-        f"run (medians there {' / '.join(f'{statistics.median(m):.1f}' for m in matmul)}: "
-        'their gap is the drift of the machine\'s speed); "of peak" = GFLOPs per image × img/s '
-        "÷ peak",
+        f"- peaks, GFLOP/s (GOP/s for int8): {'; '.join(peak_lines)}: the fastest call of a "
+        f"{PEAK_N}×{PEAK_N} matmul in torch in that precision ({threads} threads), 3 s at the "
+        "start and 3 s at the end of the run (the medians' gap is the drift of the machine's "
+        'speed); "of peak" = GFLOPs per image × img/s ÷ the peak of the row\'s precision',
         f"- {rounds} rounds, the engines taking turns; img/s = batch ÷ median call over all "
         "rounds, rounds = lowest-highest img/s of a single round; p50/p99 of one batch call, "
         "after a warm-up",
@@ -328,7 +365,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(prog="python -m bench.inference", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=Path("models/model.onnx"), help="fp32 ONNX")
     ap.add_argument("--checkpoint", type=Path, help="training checkpoint: adds the PyTorch row")
-    ap.add_argument("--int8", type=Path, help="an INT8 ONNX model of the same network: adds a row")
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), metavar="ENGINE:PRECISION",
+                    help=f"default: {' '.join(ENGINES)}")  # fmt: skip
     ap.add_argument("-b", "--batch", type=int, nargs="+", default=list(BATCHES))
     ap.add_argument("--seconds", type=float, default=12.0, help="timed s per engine and batch")
     ap.add_argument("--rounds", type=int, default=3, help="the engines take turns this often")
@@ -343,27 +381,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
-    for name in ("model", "checkpoint", "int8"):
+    bad = [e for e in args.engines if e not in ENGINES]
+    if bad:
+        ap.error(f"unknown engine {bad[0]!r}; valid: {', '.join(ENGINES)}")
+    for name in ("model", "checkpoint"):
         path = getattr(args, name)
         if path is not None and not path.is_file():
             ap.error(f"--{name}: no such file: {path}")
     return args
 
 
-def plan(args: argparse.Namespace) -> tuple[list[tuple], list[str]]:
-    """(engine name, engine factory, file) to measure, and notes on what is left out and why."""
-    engines, notes = [], []
+def plan(args: argparse.Namespace, expected: dict) -> tuple[dict, list[str]]:
+    """{row name: (predict, precision)} of what can run here, and notes on what is left out."""
+    from serving.backend import EngineError
+
+    engines, notes = {}, []
     if args.checkpoint:
-        engines.append(("PyTorch eager fp32", torch_engine, args.checkpoint))
+        engines["PyTorch eager fp32"] = (
+            torch_engine(args.checkpoint, args.threads, expected),
+            "fp32",
+        )
     else:
         notes.append(
             "PyTorch eager: skipped, no `--checkpoint` (the ONNX weights are folded, so the eager "
             "network cannot be rebuilt from the ONNX file)"
         )
-    engines.append(("ONNX Runtime fp32", onnx_engine, args.model))
-    if args.int8:
-        engines.append(("ONNX Runtime INT8", onnx_engine, args.int8))
-        notes.append('INT8: "of peak" counts its int8 multiply-adds against the fp32 peak')
+    for spec in args.engines:
+        try:
+            predict = service_engine(spec, args.model, args.threads, expected)
+        except (EngineError, ConfigError) as e:
+            notes.append(f"{spec}: skipped ({e})")
+            continue
+        engines[spec] = (predict, spec.partition(":")[2])
     return engines, notes
 
 
@@ -377,11 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         card = read_card(args.model)  # not one of our exports
         gflops = model_gflops(card)
-        engines, notes = plan(args)
-        predictors = {name: make(path, args.threads, card.model_config)
-                      for name, make, path in engines}  # fmt: skip
+        engines, notes = plan(args, card.model_config)
     except (ModelFileError, ConfigError, CheckpointError) as e:
         return fail(e)
+    predictors = {name: predict for name, (predict, _) in engines.items()}
+    precision = {name: p for name, (_, p) in engines.items()}
+    needed = sorted(set(precision.values()), key=PRECISIONS.index)
     for n in notes:
         print(f"# {n}")
     others = [others_during(2.0)]
@@ -389,20 +439,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# warning: other processes keep {others[0]:.0%} of the cores busy: the figures "
               "will be low and noisy")  # fmt: skip
     start = cpu_sample()
-    matmul = [matmul_rates(args.threads)]
-    print(f"# {args.model}: {gflops:.3f} GFLOPs/image; matmul median "
-          f"{statistics.median(matmul[0]):.1f}, best {max(matmul[0]):.1f} GFLOP/s, "
-          f"{args.threads} threads")  # fmt: skip
+    before = peaks(args.threads, needed)
+    shown = {p: round(max(r), 1) for p, r in before.items()}
+    print(
+        f"# {args.model}: {gflops:.3f} GFLOPs/image; matmul peaks {shown}, {args.threads} threads"
+    )
     times = measure(predictors, args.batch, args.seconds, args.rounds)
-    del predictors
+    del predictors, engines
     gc.collect()  # ONNX Runtime's pool threads spin between runs: let them go first
     end = cpu_sample()
     others.append(None if start is None or end is None else others_share(start, end))
-    matmul.append(matmul_rates(args.threads))
-    peak = max(map(max, matmul))
-    print(f"# matmul at the end: median {statistics.median(matmul[1]):.1f}, best "
-          f"{max(matmul[1]):.1f} GFLOP/s; peak {peak:.1f}")  # fmt: skip
-    rows = [summarize(name, b, t, gflops, peak) for (name, b), t in times.items()]
+    after = peaks(args.threads, needed)
+    matmul = {p: [before[p], after[p]] for p in needed}
+    peak = {p: max(map(max, m)) for p, m in matmul.items()}
+    print(f"# matmul peaks at the end: { {p: round(max(r), 1) for p, r in after.items()} }")
+    rows = [summarize(name, b, t, gflops, peak[precision[name]]) for (name, b), t in times.items()]
     print(format_table(rows))
     if args.write:
         model = describe_model(args.model, card)

@@ -1,7 +1,12 @@
-"""The command line: `python -m clients predict ...` and `python -m clients evaluate ...`.
+"""The command line: `python -m clients predict|evaluate|explain ...`.
 
     python -m clients predict photos/ cat.jpg --out results.jsonl   # again to resume
     python -m clients evaluate tiny-imagenet-200/val
+    python -m clients explain photos/ --out maps/                   # one overlay PNG per class
+
+explain writes, for each image, one PNG per explained class (the class-activation map drawn over
+the image, as the service's format=png draws it) named IMAGE.RANK-WNID.png, and a record per
+input to DIR/explanations.jsonl; inputs already recorded there are skipped, as in predict.
 
 predict walks directories (sorted), skips files that are not images by their extension, and
 appends one record per input to --out (JSON lines, or CSV when it ends in .csv; stdout without
@@ -32,6 +37,7 @@ from clients.client import (
     API_KEY_ENV,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
+    DEFAULT_EXPLAIN_TOP_K,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     DEFAULT_TOP_K,
@@ -39,7 +45,8 @@ from clients.client import (
     MAX_TOP_K,
     TinyImageNetClient,
 )
-from clients.results import ClientError, Result
+from clients.errors import ClientError
+from clients.results import Result
 from common.cli import Parser
 
 # What the service decodes (serving/preprocess.py); anything else would only come back refused.
@@ -263,6 +270,47 @@ def predict(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
     return EXIT_FAILED if failures or failed_before else 0
 
 
+def overlay_name(name: str, rank: int, wnid: str) -> str:
+    """photos/a/cat.jpg, rank 1 → photos__a__cat.1-n02123045.png: unique per input path."""
+    stem = os.path.splitext(os.path.normpath(name).lstrip(os.sep))[0]
+    return f"{stem.replace(os.sep, '__')}.{rank}-{wnid}.png"
+
+
+def explain(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    images, others = walk(args.paths)
+    warn_list(f"warning: skipping {len(others)} non-image files:", others)
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = folder / "explanations.jsonl"
+    previous = read_previous(records)
+    todo = [p for p in images if p not in previous]
+    failed_before = sum(1 for p in images if p in previous and not previous[p])
+    written, failures, stopped = 0, [], None
+    with results_sink(records) as write, make_client(args, transport) as client:
+        results = client.explain_iter(todo, top_k=args.top_k, cls=args.cls, progress=args.progress)
+        try:
+            for result in results:
+                if result.ok:
+                    for c in result.predictions:
+                        name = overlay_name(result.input, c.rank, c.wnid)
+                        result.overlay(c.rank).save(folder / name)
+                        written += 1
+                else:
+                    failures.append(result)
+                write(result)
+        except ClientError as e:
+            stopped = f"error: the service could not be used: {e}"
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+    warn_list(f"failed ({len(failures)}):", [failure_line(r) for r in failures])
+    warn(f"explain: {written} overlays in {folder}, {len(failures)} failed, "
+         f"{len(images) - len(todo)} already done ({failed_before} of them failed)")  # fmt: skip
+    if stopped:
+        warn(f"{stopped}; run the same command again to do the rest")
+        return EXIT_INTERRUPTED if stopped == "interrupted" else EXIT_UNAVAILABLE
+    return EXIT_FAILED if failures or failed_before else 0
+
+
 def read_annotations(path: Path) -> list[tuple[str, str]]:
     """(file name, wnid) per line of val_annotations.txt: name, wnid and a box, tab-separated."""
     try:
@@ -412,13 +460,28 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--annotations", metavar="FILE", help="default DIR/val_annotations.txt")
     ev.add_argument("--limit", type=positive, metavar="N", help="only the first N images")
     add_client_options(ev)
+    ex = sub.add_parser(
+        "explain",
+        help="where the model looked: one overlay PNG per image and class",
+        description="Class-activation maps of image files (folders are walked), drawn over each "
+        "image into DIR as IMAGE.RANK-WNID.png, with a record per input in "
+        "DIR/explanations.jsonl; resumable. Needs numpy and Pillow.",
+    )
+    ex.add_argument("paths", nargs="+", metavar="PATH")
+    ex.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
+    which = ex.add_mutually_exclusive_group()
+    which.add_argument(
+        "--top-k", type=top_k, default=DEFAULT_EXPLAIN_TOP_K, metavar="K", help="the K most likely"
+    )
+    which.add_argument("--class", dest="cls", metavar="WNID", help="this class instead")
+    add_client_options(ex)
     return p
 
 
 def main(argv: list[str] | None = None, transport: httpx.BaseTransport | None = None) -> int:
     """Run the CLI; `transport` replaces the network (tests)."""
     args = parser().parse_args(argv)
-    command = predict if args.command == "predict" else evaluate
+    command = {"predict": predict, "evaluate": evaluate, "explain": explain}[args.command]
     try:
         return command(args, transport)
     except UsageError as e:

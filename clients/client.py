@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -37,11 +38,13 @@ from tqdm import tqdm
 from clients.inputs import Item, achunks, chunks, describe, filename, image_bytes
 from clients.results import (
     ClientError,
+    Explanation,
     Label,
     ModelInfo,
     Result,
     batch_results,
     error_from_response,
+    explanation,
     json_body,
     predictions,
     transport_error,
@@ -49,6 +52,7 @@ from clients.results import (
 
 DEFAULT_URL = "http://localhost:3000"
 DEFAULT_TOP_K = 5
+DEFAULT_EXPLAIN_TOP_K = 3
 MAX_TOP_K = 200  # the service refuses more
 # The service takes up to 64 images per request by default (TIN_MAX_BATCH_IMAGES) and GET /model
 # may not say what it is set to: 32 stays under the default and fills one adaptive batch.
@@ -103,6 +107,15 @@ def _progress(images: Any, progress: bool | None) -> tqdm:
     return tqdm(
         total=total, unit="img", desc="classify", disable=None if progress is None else not progress
     )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a batch request is: its route, its form fields, and the kind of result it answers."""
+
+    path: str
+    data: dict
+    kind: type = Result
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -205,10 +218,37 @@ class _ClientBase:
         return Result(0, name, predictions(body.get("predictions")), model=body.get("model"))
 
     @staticmethod
-    def batch_request(items: list[Item], top_k: int) -> dict:
-        """The keyword arguments of POST /classify_batch for `items`."""
+    def explain_params(top_k: int, cls: str | None) -> dict:
+        """The form fields asking for the maps of the top_k classes, or of class `cls`."""
+        if cls is not None:
+            if not isinstance(cls, str) or not cls:
+                raise ValueError(f"cls must be a wnid (GET /labels lists them), got {cls!r}")
+            return {"class": cls}
+        return {"top_k": str(check_top_k(top_k))}
+
+    def explain_request(self, image: Any, top_k: int, cls: str | None) -> tuple[str, dict]:
+        """(the input's name, the keyword arguments of POST /explain)."""
+        data = self.explain_params(top_k, cls)
+        name = describe(image, 0)
+        files = {"image": (filename(name), image_bytes(image), "application/octet-stream")}
+        return name, {"files": files, "data": data}
+
+    @staticmethod
+    def explain_answer(name: str, response: httpx.Response, image: Any) -> Explanation:
+        return explanation(name, json_body(response), image)
+
+    @staticmethod
+    def classify_job(top_k: int) -> _Job:
+        return _Job("/classify_batch", {"top_k": str(check_top_k(top_k))})
+
+    def explain_job(self, top_k: int, cls: str | None) -> _Job:
+        return _Job("/explain_batch", self.explain_params(top_k, cls), Explanation)
+
+    @staticmethod
+    def batch_request(items: list[Item], job: _Job) -> dict:
+        """The keyword arguments of the batch request for `items`."""
         files = [("images", (filename(i.name), i.data, "application/octet-stream")) for i in items]
-        return {"files": files, "data": {"top_k": str(top_k)}}
+        return {"files": files, "data": job.data}
 
     @staticmethod
     def split(items: list[Item], error: ClientError) -> list[list[Item]]:
@@ -220,13 +260,13 @@ class _ClientBase:
         return [items[:half], items[half:]] if len(items) > 1 else []
 
     @staticmethod
-    def refused(items: list[Item], error: ClientError) -> dict[int, Result]:
-        return {it.index: Result(it.index, it.name, error=error) for it in items}
+    def refused(items: list[Item], error: ClientError, job: _Job) -> dict[int, Result]:
+        return {it.index: job.kind(it.index, it.name, error=error) for it in items}
 
     @staticmethod
-    def unsendable(chunk: list[Item]) -> tuple[dict[int, Result], list[Item]]:
+    def unsendable(chunk: list[Item], job: _Job) -> tuple[dict[int, Result], list[Item]]:
         """(error results of the items that could not be read, the items to send)."""
-        failed = {it.index: Result(it.index, it.name, error=it.error) for it in chunk if it.error}
+        failed = {i.index: job.kind(i.index, i.name, error=i.error) for i in chunk if i.error}
         return failed, [it for it in chunk if it.error is None]
 
     @staticmethod
@@ -330,17 +370,39 @@ class TinyImageNetClient(_ClientBase):
         image gives an error Result in its place; ClientError is raised only when the service
         stays unreachable or refuses the request itself."""
         # Checked now, not at the first next(): the generator below starts only then.
-        top_k = check_top_k(top_k)
+        job = self.classify_job(top_k)
         batch_size, concurrency = self.options(batch_size, concurrency)
-        return self._stream(images, top_k, batch_size, concurrency, progress)
+        return self._stream(images, job, batch_size, concurrency, progress)
 
-    def _stream(self, images, top_k, batch_size, concurrency, progress) -> Iterator[Result]:
+    def explain(
+        self, image: Any, top_k: int = DEFAULT_EXPLAIN_TOP_K, cls: str | None = None
+    ) -> Explanation:
+        """The activation maps of one image: of its top_k classes, or of the class `cls` (a
+        wnid). `.predictions[i].map` is a numpy array; `.overlay()` draws one on the image."""
+        name, request = self.explain_request(image, top_k, cls)
+        return self.explain_answer(name, self._send("POST", "/explain", **request), image)
+
+    def explain_iter(
+        self,
+        images: Iterable[Any],
+        top_k: int = DEFAULT_EXPLAIN_TOP_K,
+        cls: str | None = None,
+        batch_size: int | None = None,
+        concurrency: int | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[Explanation]:
+        """As classify_iter, through /explain_batch: one Explanation per image, in order."""
+        job = self.explain_job(top_k, cls)
+        batch_size, concurrency = self.options(batch_size, concurrency)
+        return self._stream(images, job, batch_size, concurrency, progress)
+
+    def _stream(self, images, job, batch_size, concurrency, progress) -> Iterator[Result]:
         bar = _progress(images, progress)
         pool = ThreadPoolExecutor(concurrency, thread_name_prefix="tin-client")
         window: deque[Future[list[Result]]] = deque()
         try:
             for chunk in chunks(images, batch_size, self.max_request_bytes):
-                window.append(pool.submit(self._classify_chunk, chunk, top_k))
+                window.append(pool.submit(self._chunk, chunk, job))
                 # Hand on what is done at the head; wait only when the window is full.
                 while window and (window[0].done() or len(window) >= 2 * concurrency):
                     yield from _emit(window.popleft().result(), bar)
@@ -351,21 +413,21 @@ class TinyImageNetClient(_ClientBase):
             pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
 
-    def _classify_chunk(self, chunk: list[Item], top_k: int) -> list[Result]:
-        results, todo = self.unsendable(chunk)
+    def _chunk(self, chunk: list[Item], job: _Job) -> list[Result]:
+        results, todo = self.unsendable(chunk, job)
         if todo:
-            results.update(self._classify_batch(todo, top_k))
+            results.update(self._batch(todo, job))
         return _in_order(chunk, results)
 
-    def _classify_batch(self, items: list[Item], top_k: int) -> dict[int, Result]:
+    def _batch(self, items: list[Item], job: _Job) -> dict[int, Result]:
         try:
-            response = self._send("POST", "/classify_batch", **self.batch_request(items, top_k))
+            response = self._send("POST", job.path, **self.batch_request(items, job))
         except ClientError as e:
             halves = self.split(items, e)
             if not halves:
-                return self.refused(items, e)
-            return {k: v for half in halves for k, v in self._classify_batch(half, top_k).items()}
-        return batch_results(items, json_body(response))
+                return self.refused(items, e, job)
+            return {k: v for half in halves for k, v in self._batch(half, job).items()}
+        return batch_results(items, json_body(response), job.kind)
 
 
 def _emit(results: list[Result], bar: tqdm) -> Iterator[Result]:
@@ -457,17 +519,36 @@ class AsyncTinyImageNetClient(_ClientBase):
     ) -> AsyncIterator[Result]:
         """As TinyImageNetClient.classify_iter (`async for`): in input order, at most
         `concurrency` requests in flight and 2 × concurrency chunks held."""
-        top_k = check_top_k(top_k)
+        job = self.classify_job(top_k)
         batch_size, concurrency = self.options(batch_size, concurrency)
-        return self._stream(images, top_k, batch_size, concurrency, progress)
+        return self._stream(images, job, batch_size, concurrency, progress)
 
-    async def _stream(self, images, top_k, batch_size, concurrency, progress):
+    async def explain(
+        self, image: Any, top_k: int = DEFAULT_EXPLAIN_TOP_K, cls: str | None = None
+    ) -> Explanation:
+        name, request = self.explain_request(image, top_k, cls)
+        return self.explain_answer(name, await self._send("POST", "/explain", **request), image)
+
+    def explain_iter(
+        self,
+        images: Iterable[Any] | AsyncIterable[Any],
+        top_k: int = DEFAULT_EXPLAIN_TOP_K,
+        cls: str | None = None,
+        batch_size: int | None = None,
+        concurrency: int | None = None,
+        progress: bool | None = None,
+    ) -> AsyncIterator[Explanation]:
+        job = self.explain_job(top_k, cls)
+        batch_size, concurrency = self.options(batch_size, concurrency)
+        return self._stream(images, job, batch_size, concurrency, progress)
+
+    async def _stream(self, images, job, batch_size, concurrency, progress):
         slots = asyncio.Semaphore(concurrency)
         bar = _progress(images, progress)
 
         async def run(chunk: list[Item]) -> list[Result]:
             async with slots:
-                return await self._classify_chunk(chunk, top_k)
+                return await self._chunk(chunk, job)
 
         window: deque[asyncio.Task[list[Result]]] = deque()
         try:
@@ -486,22 +567,21 @@ class AsyncTinyImageNetClient(_ClientBase):
             await asyncio.gather(*window, return_exceptions=True)
             bar.close()
 
-    async def _classify_chunk(self, chunk: list[Item], top_k: int) -> list[Result]:
-        results, todo = self.unsendable(chunk)
+    async def _chunk(self, chunk: list[Item], job: _Job) -> list[Result]:
+        results, todo = self.unsendable(chunk, job)
         if todo:
-            results.update(await self._classify_batch(todo, top_k))
+            results.update(await self._batch(todo, job))
         return _in_order(chunk, results)
 
-    async def _classify_batch(self, items: list[Item], top_k: int) -> dict[int, Result]:
+    async def _batch(self, items: list[Item], job: _Job) -> dict[int, Result]:
         try:
-            request = self.batch_request(items, top_k)
-            response = await self._send("POST", "/classify_batch", **request)
+            response = await self._send("POST", job.path, **self.batch_request(items, job))
         except ClientError as e:
             halves = self.split(items, e)
             if not halves:
-                return self.refused(items, e)
+                return self.refused(items, e, job)
             out: dict[int, Result] = {}
             for half in halves:
-                out.update(await self._classify_batch(half, top_k))
+                out.update(await self._batch(half, job))
             return out
-        return batch_results(items, json_body(response))
+        return batch_results(items, json_body(response), job.kind)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.results import ClientError
+from clients.errors import ClientError
 
 
 def describe(image: Any, index: int) -> str:
@@ -101,14 +101,15 @@ class Item:
     name: str
     data: bytes = b""
     error: ClientError | None = None
+    source: Any = None  # the input itself: what an explanation's overlay draws on
 
 
 def load(index: int, image: Any) -> Item:
     name = describe(image, index)
     try:
-        return Item(index, name, data=image_bytes(image))
+        return Item(index, name, data=image_bytes(image), source=image)
     except ClientError as e:  # this input's problem: an error result in its place
-        return Item(index, name, error=e)
+        return Item(index, name, error=e, source=image)
 
 
 class _Chunker:

@@ -1,5 +1,5 @@
-"""What the service answers, as Python values: results, predictions, labels, the model card,
-and ClientError; and the parsing of its JSON into them (httpx responses in, dataclasses out)."""
+"""What the service answers, as Python values: results, predictions, activation maps, labels,
+the model card; and the parsing of its JSON into them (httpx responses in, dataclasses out)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,7 @@ from typing import Any
 
 import httpx
 
-
-@dataclass(eq=False)
-class ClientError(Exception):
-    """A request or an image the service (or the client) refused; `message` is the server's.
-
-    `code` is the server's error code (not_an_image, upload_too_large...) or the client's
-    (connection_error, timeout, unreadable_file, bad_input...); `status` is the HTTP status of a
-    refused request, None for an image refused inside a batch or when no answer came."""
-
-    message: str
-    code: str = "client_error"
-    status: int | None = None
-
-    def __post_init__(self):
-        super().__init__(self.message)  # args, so that pickling and tracebacks work
-
-    def __str__(self) -> str:
-        where = f"HTTP {self.status} " if self.status is not None else ""
-        return f"{self.message} [{where}{self.code}]"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "status": self.status}
+from clients.errors import ClientError
 
 
 @dataclass(frozen=True)
@@ -67,6 +46,61 @@ class Result:
         else:
             record["model"] = self.model
             record["predictions"] = [vars(p) for p in self.predictions]
+        return record
+
+
+@dataclass(frozen=True)
+class ClassMap(Prediction):
+    """A class and where the model saw it: `cam`, h rows of w values in logit units, with
+    mean(cam) + bias = logit (Zhou et al., "Learning Deep Features for Discriminative
+    Localization")."""
+
+    logit: float = 0.0
+    bias: float = 0.0
+    cam: tuple[tuple[float, ...], ...] = ()
+
+    @property
+    def map(self):
+        """The map as a float32 numpy array (h, w); numpy is imported only here."""
+        import numpy as np
+
+        return np.asarray(self.cam, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Explanation(Result):
+    """One input's activation maps: `predictions` are ClassMaps. `image_size` is the upload's
+    (width, height) as displayed; `source` the input it came from, for `overlay`."""
+
+    predictions: tuple[ClassMap, ...] = ()
+    map_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None
+    source: Any = field(default=None, repr=False, compare=False)
+
+    def overlay(self, which: int | str = 1, image: Any = None):
+        """A PIL image: the map of the class of rank `which` (or wnid `which`) drawn over the
+        image (`image`, else the input) at its own size, as the service's format=png draws it.
+        Needs numpy and Pillow; EXIF orientation is applied, as the service applies it."""
+        from serving.overlay import overlay
+        from serving.preprocess import open_rgb
+
+        found = [
+            c for c in self.predictions if which in (c.rank, c.wnid)
+        ]  # rank 1 is the most probable
+        if not found:
+            raise KeyError(f"no class {which!r} in this explanation")
+        source = self.source if image is None else image
+        if source is None:
+            raise ValueError("no image to draw on: pass image=")
+        from clients.inputs import image_bytes
+
+        return overlay(open_rgb(image_bytes(source), max_pixels=10**9), found[0].map)
+
+    def to_dict(self) -> dict[str, Any]:
+        record = super().to_dict()
+        if self.error is None:
+            record["map_size"] = list(self.map_size or ())
+            record["image_size"] = list(self.image_size or ())
         return record
 
 
@@ -144,7 +178,43 @@ def predictions(raw: Any) -> tuple[Prediction, ...]:
         raise ClientError(f"malformed predictions {raw!r:.200}", "bad_response") from None
 
 
-def batch_results(items: list, body: dict) -> dict[int, Result]:
+def class_maps(raw: Any) -> tuple[ClassMap, ...]:
+    try:
+        return tuple(
+            ClassMap(
+                int(p["rank"]),
+                str(p["wnid"]),
+                str(p["label"]),
+                float(p["probability"]),
+                float(p["logit"]),
+                float(p["bias"]),
+                tuple(tuple(map(float, r)) for r in p["cam"]),
+            )
+            for p in raw
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ClientError(f"malformed activation maps {raw!r:.200}", "bad_response") from None
+
+
+def _size(raw: Any) -> tuple[int, int] | None:
+    return tuple(int(v) for v in raw) if isinstance(raw, list) and len(raw) == 2 else None
+
+
+def explanation(name: str, body: dict, source: Any = None, index: int = 0) -> Explanation:
+    """An /explain answer (or one /explain_batch result with the batch's map size)."""
+    return Explanation(
+        index,
+        name,
+        class_maps(body.get("predictions")),
+        model=body.get("model"),
+        map_size=_size(body.get("map_size")),
+        image_size=_size(body.get("image_size")),
+        source=source,
+    )
+
+
+def batch_results(items: list, body: dict, kind: type[Result] = Result) -> dict[int, Result]:
+    """A batch answer's results by input index: Results, or Explanations for /explain_batch."""
     answers = body.get("results")
     if not isinstance(answers, list) or len(answers) != len(items):
         got = len(answers) if isinstance(answers, list) else "no"
@@ -165,7 +235,10 @@ def batch_results(items: list, body: dict) -> dict[int, Result]:
                 else {"message": answer["error"]}
             )
             error = ClientError(str(e.get("message", e)), str(e.get("code", "bad_image")))
-            out[item.index] = Result(item.index, item.name, error=error, model=model)
+            out[item.index] = kind(item.index, item.name, error=error, model=model)
+        elif kind is Explanation:
+            answer = {"model": model, "map_size": body.get("map_size"), **answer}
+            out[item.index] = explanation(item.name, answer, item.source, item.index)
         else:
             preds = predictions(answer.get("predictions"))
             out[item.index] = Result(item.index, item.name, preds, model=model)

@@ -27,6 +27,7 @@ from torch import nn
 from export import contract as C
 from export.contract import random_images
 from export.fold import fold_model
+from export.graph import add_cam, head_bias
 from training.checkpoint import file_sha256, load_model
 from training.evaluate import predict, topk_accuracy
 from training.summary import count_macs
@@ -102,8 +103,9 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def check_structure(model: onnx.ModelProto) -> None:
-    """The graph has the contract's input and outputs and no op that folding should have removed."""
+def check_structure(model: onnx.ModelProto, cam: bool = True) -> None:
+    """The graph has the contract's input and outputs (without `cam`: as torch's exporter writes
+    it, before export/graph.py adds the maps) and no op that folding should have removed."""
     left = {op: n for op, n in op_counts(model).items() if op in FORBIDDEN_OPS}
     if left:
         raise ExportError(f"the exported graph still has {left} nodes")
@@ -116,11 +118,15 @@ def check_structure(model: onnx.ModelProto) -> None:
     if not t.shape.dim[0].dim_param:
         raise ExportError(f"graph input's batch dimension is fixed at {dims[0]}, not dynamic")
     outputs = [o.name for o in model.graph.output]
-    if outputs != [C.OUTPUT_LOGITS, C.OUTPUT_PROBABILITIES]:
+    if outputs != list(C.OUTPUTS if cam else C.OUTPUTS[:2]):
         raise ExportError(f"graph outputs are {outputs}")
 
 
 # --- metadata ------------------------------------------------------------------------------------
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def versions() -> dict[str, str]:
@@ -138,7 +144,7 @@ def model_card(ckpt: dict, checkpoint_sha256: str | None, **fields) -> C.ModelCa
         "preset": ckpt.get("preset"),
         "checkpoint_sha256": checkpoint_sha256,
         "model_config": dict(ckpt["config"]["model"]),
-        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "exported_at": now(),
         "versions": versions(),
     }
     return C.ModelCard(**{**card, **fields})
@@ -152,7 +158,7 @@ def set_metadata(model: onnx.ModelProto, card: C.ModelCard) -> onnx.ModelProto:
     model.doc_string = (
         f"Tiny ImageNet classifier ({card.precision}, {len(card.wnids)} classes). Input "
         f"'{C.INPUT_NAME}': uint8 (N,64,64,3) RGB, normalised inside; outputs "
-        f"'{C.OUTPUT_LOGITS}' and '{C.OUTPUT_PROBABILITIES}'. See metadata_props."
+        f"{', '.join(repr(o) for o in C.OUTPUTS)}. See metadata_props."
     )
     return model
 
@@ -233,13 +239,43 @@ def session(model, threads: int | None = None) -> ort.InferenceSession:
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, C) float32 for uint8 images (N, 64, 64, 3)."""
-    out = []
+def run_outputs(sess, images: np.ndarray, names, batch_size: int = 256) -> list[np.ndarray]:
+    """The named outputs for uint8 images (N, 64, 64, 3), run in batches."""
+    parts = [[] for _ in names]
     for i in range(0, len(images), batch_size):
         feed = {C.INPUT_NAME: np.ascontiguousarray(images[i : i + batch_size])}
-        out.append(sess.run([C.OUTPUT_LOGITS], feed)[0])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        for part, out in zip(parts, sess.run(list(names), feed), strict=True):
+            part.append(out)
+    return [np.concatenate(p) if p else np.zeros((0, 0), np.float32) for p in parts]
+
+
+def run_onnx(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits (N, C) float32 for uint8 images (N, 64, 64, 3)."""
+    return run_outputs(sess, images, [C.OUTPUT_LOGITS], batch_size)[0]
+
+
+# The activation maps' invariant, mean(cam) + bias = logits (export/graph.py computes the logits
+# from the maps): 1e-6 is what fp32 rounding leaves; a map that is not the logits' is off by 0.1+.
+CAM_ATOL = 1e-3
+
+
+def cam_error(logits: np.ndarray, cam: np.ndarray, bias: np.ndarray) -> float:
+    """max |mean(cam) + bias − logits| over images and classes."""
+    if len(logits) == 0:
+        return 0.0
+    mean = cam.astype(np.float64).mean(axis=(2, 3))
+    return float(np.abs(mean + bias - logits).max())
+
+
+def check_cam(name: str, logits: np.ndarray, cam: np.ndarray, bias: np.ndarray) -> float:
+    error = cam_error(logits, cam, bias)
+    print(f"activation maps {name}: max |mean(cam) + bias - logits| {error:.2e}")
+    if not error <= CAM_ATOL:
+        raise ParityError(
+            f"the activation maps of {name} do not add up to the logits: max |mean(cam) + bias "
+            f"- logits| is {error:.3g} (allowed: {CAM_ATOL:g})"
+        )
+    return error
 
 
 def run_torch(model: nn.Module, images: np.ndarray, mean, std, batch_size: int = 256) -> np.ndarray:
@@ -319,6 +355,8 @@ class Export:
     nodes_before: dict[str, int] | None  # the unfolded network through the same exporter
     nodes_after: dict[str, int]
     parity: dict[str, Parity]
+    bias: np.ndarray  # the classifier's, for checking the maps of every form
+    cam_error: float  # the largest over every image checked
     val_logits: np.ndarray | None = None  # ONNX Runtime's, for comparing the INT8 model with
     val_inputs: np.ndarray | None = None
 
@@ -327,6 +365,7 @@ class Export:
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
             "parity": {k: asdict(v) for k, v in self.parity.items()},
+            "cam_invariant_max_error": self.cam_error,
             "val_top1": self.card.val_top1,
             "val_top5": self.card.val_top5,
         }
@@ -342,16 +381,20 @@ def export_fp32(
     count_unfolded: bool = True,
     weights: str = "fp32",
 ) -> Export:
-    """Fold, export, check structure and parity (random images at each of `random_batches`, and
-    the val images when given), and attach metadata with the val accuracy measured in ONNX.
-    `weights="fp16"` stores the weights as fp16 (`store_fp16`); parity then allows its rounding."""
+    """Fold, export, add the activation maps (export/graph.py), check structure, parity and the
+    maps' invariant (random images at each of `random_batches`, and the val images when given),
+    and attach metadata with the val accuracy measured in ONNX. `weights="fp16"` stores the
+    weights as fp16 (`store_fp16`); parity then allows its rounding."""
     if weights not in WEIGHTS_ATOL:
         raise ExportError(f"unknown weights {weights!r}; valid: {', '.join(WEIGHTS_ATOL)}")
     atol = WEIGHTS_ATOL[weights]
     mean, std = ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"]
     folded = fold_model(model)
     proto = to_onnx(ImageClassifier(folded, mean, std))
+    check_structure(proto, cam=False)
+    proto = add_cam(proto)
     check_structure(proto)
+    bias = head_bias(proto)
     if weights == "fp16":
         proto = store_fp16(proto)
     before = op_counts(to_onnx(ImageClassifier(model, mean, std))) if count_unfolded else None
@@ -361,47 +404,60 @@ def export_fp32(
         print(f"nodes: {sum(before.values())} unfolded {before}")
 
     sess = session(proto)
-    parity = {}
+    parity, errors = {}, []
     for i, n in enumerate(random_batches):
         x = random_images(n, seed=i)
-        ref = run_torch(model, x, mean, std)
-        parity[f"random batch {n}"] = check_parity(
-            f"random batch {n}", ref, run_onnx(sess, x, n), atol
-        )
+        logits, cam = run_outputs(sess, x, [C.OUTPUT_LOGITS, C.OUTPUT_CAM], n)
+        name = f"random batch {n}"
+        parity[name] = check_parity(name, run_torch(model, x, mean, std), logits, atol)
+        errors.append(check_cam(name, logits, cam, bias))
     fields, logits = {}, None
     if val is not None:
-        logits, parity["val"], fields = check_val(model, sess, val, mean, std, atol)
+        logits, cam = run_outputs(sess, val[0], [C.OUTPUT_LOGITS, C.OUTPUT_CAM])
+        parity["val"] = check_parity("val", run_torch(model, val[0], *(mean, std)), logits, atol)
+        errors.append(check_cam("val", logits, cam, bias))
+        fields = accuracy_fields(logits, val[1])
     gflops = 2 * count_macs(model) / 1e9  # for the card: serving and its benchmarks need no torch
     card = model_card(
-        ckpt, checkpoint_sha256, precision="fp32", weights=weights, gflops=gflops, **fields
-    )
+        ckpt, checkpoint_sha256, precision="fp32", weights=weights, gflops=gflops,
+        cam_size=tuple(cam_size(proto)), **fields,
+    )  # fmt: skip
     set_metadata(proto, card)
-    return Export(proto, card, before, after, parity, logits, None if val is None else val[0])
+    x_val = None if val is None else val[0]
+    return Export(proto, card, before, after, parity, bias, max(errors), logits, x_val)
 
 
-def check_val(model, sess, val, mean, std, atol: float = LOGIT_ATOL):
-    """ONNX Runtime's val logits, their parity with PyTorch, and the accuracy fields they give."""
-    x, y = val
-    logits = run_onnx(sess, x)
-    parity = check_parity("val", run_torch(model, x, mean, std), logits, atol)
-    acc = topk_accuracy(logits, y)
-    print(f"val: top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%} on {len(y)} images (fp32)")
-    return logits, parity, {"val_top1": acc["top1"], "val_top5": acc["top5"], "val_images": len(y)}
+def accuracy_fields(logits: np.ndarray, labels: np.ndarray, what: str = "fp32") -> dict:
+    """The card's val accuracy fields for these logits, printed."""
+    acc = topk_accuracy(logits, labels)
+    print(f"val: top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%} on {len(labels)} images ({what})")
+    return {"val_top1": acc["top1"], "val_top5": acc["top5"], "val_images": len(labels)}
 
 
-def load_val(data, ckpt: dict, limit: int | None = None):
-    """The val split (images, labels) of the checkpoint's classes, checked against its wnids."""
+def cam_size(model: onnx.ModelProto) -> list[int]:
+    """(h, w) of the model's `cam` output, from its declared shape."""
+    out = next(o for o in model.graph.output if o.name == C.OUTPUT_CAM)
+    return [d.dim_value for d in out.type.tensor_type.shape.dim[2:]]
+
+
+def load_val(data, wnids, classes: int | None = None, limit: int | None = None):
+    """The dataset and its val split (images, labels), checked against the model's wnids."""
     from training.data import load
 
-    d = ckpt["config"].get("data", {})
-    ds = load(data, classes=d.get("classes"))
-    if tuple(ds.wnids) != tuple(ckpt["classes"]["wnids"]):
+    ds = load(data, classes=classes)
+    if tuple(ds.wnids) != tuple(wnids):
         raise ExportError(
-            f"{data}: its {len(ds.wnids)} classes are not the checkpoint's "
-            f"{len(ckpt['classes']['wnids'])} (labels would not line up)"
+            f"{data}: its {len(ds.wnids)} classes are not the model's {len(wnids)} "
+            "(labels would not line up)"
         )
     x, y = ds.val.x[:limit], ds.val.y[:limit]
     return ds, (np.array(x), np.array(y))  # copies: torch warns on the read-only cache memmap
+
+
+def checkpoint_val(data, ckpt: dict, limit: int | None = None):
+    """`load_val` for a checkpoint: its classes (a subset where it trained on one)."""
+    classes = ckpt["config"].get("data", {}).get("classes")
+    return load_val(data, ckpt["classes"]["wnids"], classes, limit)
 
 
 def export_checkpoint(
@@ -409,7 +465,7 @@ def export_checkpoint(
 ) -> Export:
     """`python -m export` without INT8 or TensorRT: checkpoint → checked fp32 ONNX at `out`."""
     model, ckpt = load_model(checkpoint)
-    val = load_val(data, ckpt)[1] if data is not None else None
+    val = checkpoint_val(data, ckpt)[1] if data is not None else None
     result = export_fp32(model, ckpt, checkpoint_sha256=file_sha256(checkpoint), val=val, **kwargs)
     save(result.model, out)
     return result

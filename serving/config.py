@@ -1,8 +1,18 @@
 """The service's settings, from environment variables (read when the service starts).
 
-TIN_MODEL                 ONNX file to serve (default models/model.onnx under the repo root)
-TIN_MAX_UPLOAD_MB         largest request body, in MiB, for either endpoint (10)
-TIN_MAX_BATCH_IMAGES      most images in one /classify_batch request (64)
+TIN_MODEL                 the model to serve: an ONNX file written by `python -m export`, or a
+                          model in BentoML's model store, name[:version] (serving/store.py).
+                          Default: models/model.onnx under the repo root, or without it (a Bento
+                          built from the store) the store's latest tiny-imagenet-resnet
+TIN_BACKEND               auto | onnxruntime | openvino (auto: serving/backend.py `choose`)
+TIN_PRECISION             auto | fp32 | bf16 | int8 (bf16: OpenVINO only; int8: the model's INT8
+                          form beside it)
+TIN_THREADS               inference threads (default: every core)
+TIN_API_KEYS              comma-separated API keys; with keys (or TIN_API_KEYS_FILE, one key a
+                          line) every route but /livez, /readyz, /healthz, /metrics and the demo
+                          page /ui needs `Authorization: Bearer KEY` (serving/auth.py)
+TIN_MAX_UPLOAD_MB         largest request body, in MiB, for any endpoint (10)
+TIN_MAX_BATCH_IMAGES      most images in one batch request (64)
 TIN_MAX_PIXELS            largest image accepted, in pixels: the decompression-bomb guard (40 M)
 TIN_BATCH_MAX_SIZE        adaptive batching: most images in one model call (32)
 TIN_BATCH_MAX_LATENCY_MS  adaptive batching: a request expected to wait longer is refused with
@@ -14,6 +24,7 @@ TIN_TRT_CACHE             where ONNX Runtime's TensorRT provider keeps the engin
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent  # in a built Bento: its src/
 DEFAULT_MODEL = REPO_ROOT / "models" / "model.onnx"
 MAX_TOP_K = 200  # Tiny ImageNet's class count; a smaller model answers min(top_k, classes)
 DEFAULT_TOP_K = 5
+DEFAULT_EXPLAIN_TOP_K = 3
+TAG_PART = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")  # bentoml/_internal/tag.py
 
 
 def _number(name: str, default: float, minimum: float, kind=int):
@@ -46,19 +59,59 @@ class Settings:
     max_upload_bytes: int
     max_batch_images: int
     max_pixels: int
+    backend: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    model_tag: str | None = None  # name:version when TIN_MODEL names a stored model
 
     @property
     def model_name(self) -> str:
-        return self.model_path.stem
+        return self.model_tag or self.model_path.stem
+
+
+def is_store_tag(spec: str) -> bool:
+    """True if `spec` names a stored model rather than a file: no path separator, not an
+    existing file, no model suffix, and a valid BentoML tag (name or name:version)."""
+    if not spec or "/" in spec or "\\" in spec or Path(spec).exists():
+        return False
+    if spec.endswith((".onnx", ".xml")):
+        return False
+    name, _, version = spec.partition(":")
+    return bool(TAG_PART.match(name)) and (not version or bool(TAG_PART.match(version)))
+
+
+def model_tag() -> str | None:
+    """The stored model to serve: TIN_MODEL when it is a tag; with TIN_MODEL unset and no
+    models/model.onnx (a Bento built from the store has none), the store's latest model."""
+    model = os.environ.get("TIN_MODEL", "").strip()
+    if not model and not DEFAULT_MODEL.exists():
+        from serving import store
+
+        return store.MODEL_NAME if store.has_model(store.MODEL_NAME) else None
+    return model if is_store_tag(model) else None
+
+
+def _model() -> tuple[Path, str | None]:
+    if tag := model_tag():
+        from serving import store
+
+        return store.model_file(tag), store.resolved_tag(tag)
+    model = os.environ.get("TIN_MODEL", "").strip()
+    return (Path(model).expanduser().resolve() if model else DEFAULT_MODEL), None
 
 
 def settings() -> Settings:
-    model = os.environ.get("TIN_MODEL", "").strip()
+    path, tag = _model()
+    threads = os.environ.get("TIN_THREADS", "").strip()
     return Settings(
-        model_path=Path(model).expanduser().resolve() if model else DEFAULT_MODEL,
+        model_path=path,
+        model_tag=tag,
         max_upload_bytes=int(_number("TIN_MAX_UPLOAD_MB", 10, 0.001, float) * 1024 * 1024),
         max_batch_images=_number("TIN_MAX_BATCH_IMAGES", 64, 1),
         max_pixels=_number("TIN_MAX_PIXELS", 40_000_000, 1),
+        backend=os.environ.get("TIN_BACKEND", "").strip().lower() or "auto",
+        precision=os.environ.get("TIN_PRECISION", "").strip().lower() or "auto",
+        threads=_number("TIN_THREADS", 0, 1) if threads else None,
     )
 
 

@@ -9,14 +9,16 @@ at / reads the same document.
 
 from __future__ import annotations
 
-from serving.config import DEFAULT_TOP_K, MAX_TOP_K
+from serving.config import DEFAULT_EXPLAIN_TOP_K, DEFAULT_TOP_K, MAX_TOP_K
 
 TITLE = "Tiny ImageNet classifier"
 DESCRIPTION = (
-    "Top-k Tiny ImageNet predictions. POST /classify takes one image (multipart field `image`, "
-    "or a raw image body), POST /classify_batch several (repeated field `images`). JPEG, PNG, "
-    "WebP, BMP and GIF are read; every refusal is a 4xx with "
-    '{"error": {"code": ..., "message": ...}}.'
+    "Top-k Tiny ImageNet predictions and where the model looked. POST /classify takes one image "
+    "(multipart field `image`, or a raw image body), POST /classify_batch several (repeated "
+    "field `images`); POST /explain and /explain_batch answer the class-activation maps of the "
+    "top_k classes or of class=WNID; the /api/ routes are the same for BentoML's own clients. "
+    "JPEG, PNG, WebP, BMP and GIF are read; every refusal is a 4xx with "
+    '{"error": {"code": ..., "message": ...}}. The demo page is GET /ui.'
 )
 
 REF = "#/components/schemas/"
@@ -28,6 +30,25 @@ TOP_K_QUERY = {
     "required": False,
     "description": "how many classes to answer; a form field `top_k` takes precedence",
     "schema": TOP_K,
+}
+
+
+EXPLAIN_QUERY = [
+    {**TOP_K_QUERY, "schema": {**TOP_K, "default": DEFAULT_EXPLAIN_TOP_K}},
+    {
+        "name": "class",
+        "in": "query",
+        "required": False,
+        "description": "explain this class (a wnid of GET /labels) instead of the top_k",
+        "schema": {"type": "string", "minLength": 1},
+    },
+]
+FORMAT_QUERY = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "description": "json (the maps as numbers) or png (drawn over the image, one per class)",
+    "schema": {"type": "string", "enum": ["json", "png"], "default": "json"},
 }
 
 
@@ -48,15 +69,16 @@ def _errors(*statuses: int) -> dict:
     return {str(s): _json(reasons[s], "Error") for s in statuses}
 
 
-def _post(summary: str, body: dict, ok: str, description: str = "") -> dict:
+def _post(summary: str, body: dict, ok, description: str = "", parameters=(TOP_K_QUERY,)) -> dict:
+    ok = _json("the answer", ok) if isinstance(ok, str) else ok
     return {
         "post": {
             "summary": summary,
             "description": description,
             "tags": ["Service APIs"],
-            "parameters": [TOP_K_QUERY],
+            "parameters": list(parameters),
             "requestBody": {"required": True, "content": body},
-            "responses": {"200": _json("predictions", ok), **_errors(400, 413, 415, 503)},
+            "responses": {"200": ok, **_errors(400, 413, 415, 503)},
         }
     }
 
@@ -76,21 +98,56 @@ def paths(max_images: int) -> dict:
     # An empty or broken file in a batch gets an error in its place, not a 400: any bytes do.
     item = {"type": "string", "format": "binary"}
     images = {"type": "array", "items": item, "minItems": 1, "maxItems": max_images}
+    one_image = {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": BINARY, "top_k": TOP_K},
+            }
+        },
+        "image/jpeg": {"schema": BINARY},
+        "image/png": {"schema": BINARY},
+        "application/octet-stream": {"schema": BINARY},
+    }
+    maps = {
+        "description": "the maps: JSON, or with format=png one PNG per class (image/png for "
+        "one class, multipart/mixed of image/png parts for several)",
+        "content": {
+            "application/json": {"schema": {"$ref": REF + "Explanation"}},
+            "image/png": {"schema": BINARY},
+            "multipart/mixed": {"schema": BINARY},
+        },
+    }
     return {
-        "/classify": _post(
-            "Classify one image",
+        "/explain": _post(
+            "Where the model looked: class-activation maps of one image",
+            one_image,
+            maps,
+            "The top_k classes' maps (default 3) or class=WNID's, each h×w in logit units with "
+            "the bias that makes mean(map) + bias its logit; format=png draws them over the "
+            "uploaded image at its own size.",
+            [*EXPLAIN_QUERY, FORMAT_QUERY],
+        ),
+        "/explain_batch": _post(
+            "Class-activation maps of several images, in order (JSON)",
             {
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "required": ["image"],
-                        "properties": {"image": BINARY, "top_k": TOP_K},
+                        "required": ["images"],
+                        "properties": {"images": images, "top_k": TOP_K},
                     }
-                },
-                "image/jpeg": {"schema": BINARY},
-                "image/png": {"schema": BINARY},
-                "application/octet-stream": {"schema": BINARY},
+                }
             },
+            "BatchExplanation",
+            f"At most {max_images} images; an image that cannot be read gets an error in its "
+            "place.",
+            EXPLAIN_QUERY,
+        ),
+        "/classify": _post(
+            "Classify one image",
+            one_image,
             "Classification",
             "A multipart form, or the image itself as the body (any image/* type; top_k then in "
             "the query string). The format is read from the bytes, not the declared type.",
@@ -112,6 +169,13 @@ def paths(max_images: int) -> dict:
         ),
         "/labels": _get("The classes, in the model's output order", "Labels"),
         "/model": _get("The model card, backend and limits", "ModelInfo"),
+        "/ui": {
+            "get": {
+                "summary": "The demo page (open without an API key; it asks for one)",
+                "tags": ["Service APIs"],
+                "responses": {"200": {"description": "the page", "content": {"text/html": {}}}},
+            }
+        },
     }
 
 
@@ -135,8 +199,51 @@ _ERROR_DETAIL = {
     },
 }
 
+_CLASS_MAP = {
+    "type": "object",
+    "required": [*_PREDICTION["required"], "logit", "bias", "cam"],
+    "properties": {
+        **_PREDICTION["properties"],
+        "logit": {"type": "number"},
+        "bias": {"type": "number"},
+        "cam": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+    },
+}
+_SIZE = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
+
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": _ERROR_DETAIL}},
+    "Explanation": {
+        "type": "object",
+        "required": ["model", "map_size", "image_size", "predictions"],
+        "properties": {
+            "model": _STRING,
+            "map_size": _SIZE,
+            "image_size": _SIZE,
+            "predictions": {"type": "array", "items": _CLASS_MAP},
+        },
+    },
+    "BatchExplanation": {
+        "type": "object",
+        "required": ["model", "map_size", "results"],
+        "properties": {
+            "model": _STRING,
+            "map_size": _SIZE,
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index"],
+                    "properties": {
+                        "index": {"type": "integer", "minimum": 0},
+                        "image_size": _SIZE,
+                        "predictions": {"type": "array", "items": _CLASS_MAP},
+                        "error": _ERROR_DETAIL,
+                    },
+                },
+            },
+        },
+    },
     "Prediction": _PREDICTION,
     "Classification": {
         "type": "object",
@@ -190,10 +297,51 @@ SCHEMAS = {
 }
 
 
-def document(bentoml_spec: dict, max_images: int) -> dict:
-    """BentoML's document (its /healthz, /metrics...) with this API's paths and schemas."""
-    spec = {**bentoml_spec, "paths": {**bentoml_spec.get("paths", {}), **paths(max_images)}}
+NATIVE_PREFIX = "/api/"  # serving/native.py; not imported, to keep this module dependency-free
+PUBLIC = ("/livez", "/readyz", "/healthz", "/metrics", "/ui")  # serving/auth.py OPEN_PATHS
+
+
+def native_errors(bentoml_paths: dict) -> dict:
+    """BentoML documents its own error shapes (InvalidArgument...) for the @bentoml.api routes;
+    serving/native.py answers ours instead."""
+    out = {}
+    for path, item in bentoml_paths.items():
+        if path.startswith(NATIVE_PREFIX) and "post" in item:
+            ok = {str(k): v for k, v in item["post"]["responses"].items() if str(k).startswith("2")}
+            item = {
+                **item,
+                "post": {**item["post"], "responses": {**ok, **_errors(400, 413, 415, 503)}},
+            }
+        out[path] = item
+    return out
+
+
+def with_api_keys(spec: dict) -> dict:
+    """A bearer scheme on every path but the probes and the metrics, and their 401."""
+    unauthorized = _json("a missing or wrong API key (Authorization: Bearer KEY)", "Error")
+    paths = {}
+    for path, item in spec["paths"].items():
+        if path not in PUBLIC:
+            item = {
+                method: {
+                    **op,
+                    "security": [{"apiKey": []}],
+                    "responses": {**op.get("responses", {}), "401": unauthorized},
+                }
+                for method, op in item.items()
+            }
+        paths[path] = item
+    components = spec["components"]
+    schemes = {"apiKey": {"type": "http", "scheme": "bearer"}}
+    return {**spec, "paths": paths, "components": {**components, "securitySchemes": schemes}}
+
+
+def document(bentoml_spec: dict, max_images: int, api_keys: bool = False) -> dict:
+    """BentoML's document (its /healthz, /metrics, the @bentoml.api routes) with this API's
+    paths and schemas."""
+    own = native_errors(bentoml_spec.get("paths", {}))
+    spec = {**bentoml_spec, "paths": {**own, **paths(max_images)}}
     spec["info"] = {**spec.get("info", {}), "title": TITLE, "description": DESCRIPTION}
     components = spec.get("components", {})
     spec["components"] = {**components, "schemas": {**components.get("schemas", {}), **SCHEMAS}}
-    return spec
+    return with_api_keys(spec) if api_keys else spec

@@ -10,9 +10,13 @@ adaptive batching (the inner service in serving/service.py).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import anyio.to_thread
 import bentoml
@@ -23,12 +27,12 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from export.contract import ModelCard
-from serving.config import DEFAULT_TOP_K, MAX_TOP_K
-from serving.preprocess import ImageError, decode
+from serving.answers import Ask, explanation, multipart_mixed, png_parts, top_k
+from serving.config import DEFAULT_EXPLAIN_TOP_K, DEFAULT_TOP_K, MAX_TOP_K
+from serving.preprocess import ImageError, model_input, open_rgb
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
 
@@ -121,9 +125,9 @@ async def read_form(request: Request) -> FormData:
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {detail}") from None
 
 
-def parse_top_k(raw: str | None) -> int:
+def parse_top_k(raw: str | None, default: int = DEFAULT_TOP_K) -> int:
     if raw is None:
-        return DEFAULT_TOP_K
+        return default
     if not isinstance(raw, str):
         raise ApiError(400, "bad_top_k", "top_k must be a form field, not a file")
     # ASCII digits only: int() would also take "", " 5", "1_0" and other scripts' digits, and
@@ -134,11 +138,43 @@ def parse_top_k(raw: str | None) -> int:
     return int(raw)
 
 
-def form_top_k(form: FormData, request: Request) -> int:
+def form_top_k(form: FormData | dict, request: Request, default: int = DEFAULT_TOP_K) -> int:
     # A form field, or the query string (the only place for it with a raw image body). A bad
     # query value is refused even when the form overrides it: it is still a bad request.
-    query = parse_top_k(request.query_params.get("top_k"))
-    return parse_top_k(form["top_k"]) if "top_k" in form else query
+    query = parse_top_k(request.query_params.get("top_k"), default)
+    return parse_top_k(form["top_k"], default) if "top_k" in form else query
+
+
+def field(form: FormData | dict, request: Request, name: str) -> str | None:
+    """A text parameter from the form, else the query string; a file there is refused."""
+    value = form.get(name, request.query_params.get(name))
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"bad_{name}", f"{name} must be a form field, not a file")
+    return value
+
+
+def explain_ask(form: FormData | dict, request: Request, card) -> Ask:
+    """top_k (default 3) or class=WNID, not both; an unknown class is refused with how to get
+    the valid ones."""
+    wnid = field(form, request, "class")
+    if wnid is None:
+        return Ask(top_k=form_top_k(form, request, DEFAULT_EXPLAIN_TOP_K))
+    if "top_k" in form or "top_k" in request.query_params:
+        raise ApiError(400, "conflicting_parameters", "give top_k or class, not both")
+    if wnid not in card.wnids:
+        message = (
+            f"unknown class {wnid[:40]!r}: give one of the model's {len(card.wnids)} wnids "
+            "(GET /labels lists them)"
+        )
+        raise ApiError(400, "unknown_class", message)
+    return Ask(wnid=wnid)
+
+
+def explain_format(form: FormData | dict, request: Request) -> str:
+    value = field(form, request, "format") or "json"
+    if value not in ("json", "png"):
+        raise ApiError(400, "bad_format", f"format must be json or png, got {value[:40]!r}")
+    return value
 
 
 def uploads(form: FormData, field: str) -> list[UploadFile]:
@@ -148,31 +184,29 @@ def uploads(form: FormData, field: str) -> list[UploadFile]:
     return values
 
 
-# --- model -------------------------------------------------------------------------------------
+# --- the model ----------------------------------------------------------------------------------
 
 
-def top_k(probs: np.ndarray, k: int, card: ModelCard) -> list[dict]:
-    """The k most probable classes, most probable first; ties keep class order."""
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [
-        {
-            "rank": rank,
-            "wnid": card.wnids[i],
-            "label": card.names[i],
-            "probability": round(float(probs[i]), 6),
-        }
-        for rank, i in enumerate(order, start=1)
-    ]
+@dataclass
+class Decoded:
+    """One usable upload: the model's input, the upload's (width, height) as displayed, and the
+    upright image itself where an answer draws on it."""
+
+    array: np.ndarray
+    size: tuple[int, int]
+    image: object = None
 
 
-async def decode_all(data: list[bytes], max_pixels: int) -> list[np.ndarray | ImageError]:
-    """Decode off the event loop (a large JPEG takes tens of ms); each failure kept in place."""
+async def decode_all(data: list[bytes], max_pixels: int, keep: bool = False):
+    """Decode off the event loop (a large JPEG takes tens of ms); each failure (an ImageError)
+    kept in its place. `keep`: hold on to the full-size upright images too."""
 
     def work():
         out = []
         for d in data:
             try:
-                out.append(decode(d, max_pixels))
+                rgb = open_rgb(d, max_pixels)
+                out.append(Decoded(model_input(rgb), rgb.size, rgb if keep else None))
             except ImageError as e:
                 out.append(e)
         return out
@@ -180,38 +214,122 @@ async def decode_all(data: list[bytes], max_pixels: int) -> list[np.ndarray | Im
     return await anyio.to_thread.run_sync(work)
 
 
-# --- endpoints ---------------------------------------------------------------------------------
+def _usable(decoded: list) -> tuple[list[int], np.ndarray | None]:
+    good = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
+    return good, np.stack([decoded[i].array for i in good]) if good else None
 
 
-@json_errors
-async def classify(request: Request) -> JSONResponse:
-    svc = bentoml.get_current_service()
-    request = size_limited(request, svc.settings.max_upload_bytes)
-    if media_type(request).startswith(RAW_TYPES):
-        k = parse_top_k(request.query_params.get("top_k"))
-        data = await request.body()
-    else:
-        form = await read_form(request)
-        k = form_top_k(form, request)
-        files = uploads(form, "image")
-        if not files:
-            raise ApiError(400, "missing_image", "no file in form field 'image'")
-        if len(files) > 1:
-            raise ApiError(400, "too_many_images", "/classify takes one image; use /classify_batch")
-        data = await files[0].read()
+def _error(i: int, e: ImageError) -> dict:
+    return {"index": i, "error": {"code": e.code, "message": e.message}}
+
+
+async def classify_one(svc, data: bytes, k: int) -> dict:
+    """One upload's answer body; ApiError (400) if it is not a usable image. Shared by the
+    mounted /classify and the native /api/classify (serving/native.py)."""
     (image,) = await decode_all([data], svc.settings.max_pixels)
     if isinstance(image, ImageError):
         raise ApiError(400, image.code, image.message)
-    probs = await svc.probabilities(image[None])
-    return JSONResponse({"model": svc.name, "predictions": top_k(probs[0], k, svc.card)})
+    probs = await svc.probabilities(image.array[None])
+    return {"model": svc.name, "predictions": top_k(probs[0], k, svc.card)}
 
 
-@json_errors
-async def classify_batch(request: Request) -> JSONResponse:
-    svc = bentoml.get_current_service()
+async def classify_many(svc, data: list[bytes], k: int) -> dict:
+    """Several uploads' answer body, in order; an unusable one gets an error in its place."""
+    decoded = await decode_all(data, svc.settings.max_pixels)
+    good, batch = _usable(decoded)
+    probs = dict(zip(good, await svc.probabilities(batch), strict=True)) if good else {}
+    results = [
+        _error(i, d)
+        if isinstance(d, ImageError)
+        else {"index": i, **_predictions(probs[i], k, svc)}
+        for i, d in enumerate(decoded)
+    ]
+    return {"model": svc.name, "results": results}
+
+
+def _predictions(probs, k, svc) -> dict:
+    return {"predictions": top_k(probs, k, svc.card)}
+
+
+def _needs_maps(svc) -> None:
+    if not svc.card.cam_size:
+        message = f"model {svc.name} has no activation maps: export it again with this version"
+        raise ApiError(501, "no_activation_maps", message)
+
+
+async def explain_one(svc, data: bytes, ask: Ask, keep: bool = False) -> tuple[dict, object]:
+    """One upload's explanation body (and its upright image where `keep`); ApiError (400) if
+    it is not a usable image."""
+    _needs_maps(svc)
+    (image,) = await decode_all([data], svc.settings.max_pixels, keep)
+    if isinstance(image, ImageError):
+        raise ApiError(400, image.code, image.message)
+    probs, logits, cam = await svc.explanations(image.array[None])
+    body = {
+        "model": svc.name,
+        "map_size": list(cam.shape[-2:]),
+        "image_size": list(image.size),
+        "predictions": explanation(probs[0], logits[0], cam[0], svc.card, ask),
+    }
+    return body, image.image
+
+
+async def explain_many(svc, data: list[bytes], ask: Ask) -> dict:
+    """Several uploads' explanations, in order; an unusable one gets an error in its place."""
+    _needs_maps(svc)
+    decoded = await decode_all(data, svc.settings.max_pixels)
+    good, batch = _usable(decoded)
+    outputs = {}
+    if good:
+        probs, logits, cam = await svc.explanations(batch)
+        outputs = {i: (probs[n], logits[n], cam[n]) for n, i in enumerate(good)}
+    results = []
+    for i, d in enumerate(decoded):
+        if isinstance(d, ImageError):
+            results.append(_error(i, d))
+        else:
+            classes = explanation(*outputs[i], svc.card, ask)
+            results.append({"index": i, "image_size": list(d.size), "predictions": classes})
+    return {"model": svc.name, "map_size": list(svc.card.cam_size or ()), "results": results}
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+
+QUERY = {"/classify": ("top_k",), "/explain": ("top_k", "class", "format")}
+
+
+def check_query(request: Request, route: str) -> None:
+    """Refuse a query parameter the route does not take: a misspelt `clas=` or `topk=` would
+    otherwise be ignored, and the answer would not be what was asked for."""
+    valid = QUERY[route.removesuffix("_batch")]
+    unknown = sorted(set(request.query_params) - set(valid))
+    if unknown:
+        message = f"unknown query parameter {unknown[0][:40]!r}; {route} takes {', '.join(valid)}"
+        raise ApiError(400, "unknown_parameter", message)
+
+
+async def one_upload(request: Request, svc, route: str) -> tuple[FormData | dict, bytes]:
+    """(the form, or {} for a raw image body, whose parameters are in the query string; the
+    image's bytes) of a one-image request."""
+    check_query(request, route)
+    request = size_limited(request, svc.settings.max_upload_bytes)
+    if media_type(request).startswith(RAW_TYPES):
+        return {}, await request.body()
+    form = await read_form(request)
+    files = uploads(form, "image")
+    if not files:
+        raise ApiError(400, "missing_image", "no file in form field 'image'")
+    if len(files) > 1:
+        raise ApiError(400, "too_many_images", f"{route} takes one image; use {route}_batch")
+    return form, await files[0].read()
+
+
+async def many_uploads(request: Request, svc, route: str) -> tuple[FormData, list[bytes]]:
+    """(the form, the images' bytes in order) of a batch request."""
+    check_query(request, route)
     limit = svc.settings.max_batch_images
     form = await read_form(size_limited(request, svc.settings.max_upload_bytes))
-    k = form_top_k(form, request)
     files = uploads(form, "images")
     if not files:
         raise ApiError(400, "missing_images", "no file in form field 'images'")
@@ -219,17 +337,51 @@ async def classify_batch(request: Request) -> JSONResponse:
         raise ApiError(
             400, "too_many_images", f"{len(files)} images in one request; the limit is {limit}"
         )
-    decoded = await decode_all([await f.read() for f in files], svc.settings.max_pixels)
-    good = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
-    probs = await svc.probabilities(np.stack([decoded[i] for i in good])) if good else []
-    per_image = dict(zip(good, probs, strict=True))
-    results = []
-    for i, d in enumerate(decoded):
-        if isinstance(d, ImageError):
-            results.append({"index": i, "error": {"code": d.code, "message": d.message}})
-        else:
-            results.append({"index": i, "predictions": top_k(per_image[i], k, svc.card)})
-    return JSONResponse({"model": svc.name, "results": results})
+    return form, [await f.read() for f in files]
+
+
+@json_errors
+async def classify(request: Request) -> JSONResponse:
+    svc = bentoml.get_current_service()
+    form, data = await one_upload(request, svc, "/classify")
+    return JSONResponse(await classify_one(svc, data, form_top_k(form, request)))
+
+
+@json_errors
+async def classify_batch(request: Request) -> JSONResponse:
+    svc = bentoml.get_current_service()
+    form, data = await many_uploads(request, svc, "/classify_batch")
+    return JSONResponse(await classify_many(svc, data, form_top_k(form, request)))
+
+
+@json_errors
+async def explain(request: Request) -> Response:
+    """The activation maps of the top_k classes (default 3) or of class=WNID: JSON, or with
+    format=png the maps drawn over the image, one PNG per class (a multipart/mixed answer when
+    there are several)."""
+    svc = bentoml.get_current_service()
+    form, data = await one_upload(request, svc, "/explain")
+    ask, fmt = explain_ask(form, request, svc.card), explain_format(form, request)
+    body, image = await explain_one(svc, data, ask, keep=fmt == "png")
+    if fmt == "json":
+        return JSONResponse(body)
+    parts = await anyio.to_thread.run_sync(png_parts, image, body["predictions"])
+    if len(parts) == 1:
+        _, png, headers = parts[0]
+        return Response(png, media_type="image/png", headers=headers)
+    content, kind = multipart_mixed(parts)
+    return Response(content, headers={"Content-Type": kind})
+
+
+@json_errors
+async def explain_batch(request: Request) -> JSONResponse:
+    """/explain for several images, in order, as JSON; an unusable one gets an error in place."""
+    svc = bentoml.get_current_service()
+    form, data = await many_uploads(request, svc, "/explain_batch")
+    ask = explain_ask(form, request, svc.card)
+    if explain_format(form, request) != "json":
+        raise ApiError(400, "bad_format", "/explain_batch answers JSON; use /explain for PNGs")
+    return JSONResponse(await explain_many(svc, data, ask))
 
 
 async def labels(request: Request) -> JSONResponse:
@@ -255,6 +407,10 @@ async def model(request: Request) -> JSONResponse:
             "precision": card.precision,
             "weights": card.weights,  # how the file stores them ("fp16": half the file)
             "classes": len(card.wnids),
+            "model_config": card.model_config,
+            "gflops": card.gflops,
+            "cam_size": card.cam_size,
+            "tta": card.tta,
             "val_top1": card.val_top1,
             "val_top5": card.val_top5,
             "val_images": card.val_images,
@@ -281,6 +437,33 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+UI = Path(__file__).with_name("ui") / "index.html"
+
+
+def content_security_policy(html: str) -> str:
+    """A policy that lets exactly the page's own inline <script> and <style> run (by hash, no
+    'unsafe-inline') and allows no request beyond its own origin (blob: for the preview of the
+    dropped image, data: for the empty favicon)."""
+
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies)
+        return " ".join(f"'sha256-{d}'" for d in digests)
+
+    return (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "img-src blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+async def ui(request: Request) -> HTMLResponse:
+    """The demo page: drop an image, see the top 5 and where the model looked."""
+    html = UI.read_text()
+    headers = {"Content-Security-Policy": content_security_policy(html)}
+    return HTMLResponse(html, headers=headers)
+
+
 async def docs(request: Request) -> JSONResponse:
     # BentoML routes /docs.json after this app, so this one answers: BentoML's own document
     # leaves out every route above (serving/openapi.py).
@@ -291,6 +474,9 @@ app = Starlette(
     routes=[
         Route("/classify", classify, methods=["POST"]),
         Route("/classify_batch", classify_batch, methods=["POST"]),
+        Route("/explain", explain, methods=["POST"]),
+        Route("/explain_batch", explain_batch, methods=["POST"]),
+        Route("/ui", ui, methods=["GET"]),
         Route("/labels", labels, methods=["GET"]),
         Route("/model", model, methods=["GET"]),
         Route("/docs.json", docs, methods=["GET"]),

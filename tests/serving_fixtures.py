@@ -3,9 +3,11 @@ and client tests.
 
 The graph has the exported model's interface without its size: uint8 NHWC `image` → float →
 (x - mean) / std → 8×8 average pooling → a fixed random linear layer → `logits` → softmax →
-`probabilities`. It is deterministic and sees colour and layout, so a wrong channel order or a
-wrong resize changes its answers, and it builds and loads in milliseconds. Needs the `onnx`
-package (the export extra), which tests may use and serving must not.
+`probabilities`, and the export's activation maps `cam` (N, C, 8, 8) added by export/graph.py as
+for a real export (mean(cam) + bias = logits). It is deterministic and sees colour and layout, so
+a wrong channel order or a wrong resize changes its answers, and it builds and loads in
+milliseconds. Needs the `onnx` package (the export extra), which tests may use and serving must
+not.
 
     from tests.serving_fixtures import write_model, fixture_images
     path = write_model(tmp_path / "tiny.onnx", classes=4)
@@ -16,6 +18,7 @@ package (the export extra), which tests may use and serving must not.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import signal
@@ -75,7 +78,7 @@ def _parameters(classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return weight, bias
 
 
-def build_model(classes: int = 4, seed: int = 0, card: ModelCard | None = None):
+def build_model(classes: int = 4, seed: int = 0, card: ModelCard | None = None, cam: bool = True):
     """The onnx.ModelProto (imported lazily: only the tests that build models need onnx)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -122,34 +125,43 @@ def build_model(classes: int = 4, seed: int = 0, card: ModelCard | None = None):
         graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests.serving_fixtures"
     )
     model.ir_version = 8  # what ONNX Runtime releases of the last years all read
-    helper.set_model_props(model, card.to_metadata())
     onnx.checker.check_model(model)
+    if cam:
+        from export.graph import add_cam
+
+        model = add_cam(model)
+        card = dataclasses.replace(card, cam_size=(POOL, POOL))
+    del model.metadata_props[:]
+    helper.set_model_props(model, card.to_metadata())
     return model
 
 
 def write_model(
-    path: str | Path, classes: int = 4, seed: int = 0, card: ModelCard | None = None
+    path: str | Path, classes: int = 4, seed: int = 0, card: ModelCard | None = None, cam=True
 ) -> Path:
     """Write a fixture model to `path` (its stem is the name the service reports)."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_model(classes, seed, card), str(path))
+    onnx.save(build_model(classes, seed, card, cam), str(path))
     return path
 
 
-def reference_probabilities(images: np.ndarray, classes: int = 4, seed: int = 0) -> np.ndarray:
-    """The fixture model's output computed with numpy, to check a backend against."""
+def reference_logits(images: np.ndarray, classes: int = 4, seed: int = 0) -> np.ndarray:
+    """The fixture model's logits computed with numpy."""
     card = fixture_card(classes)
     weight, bias = _parameters(classes, seed)
-    features = len(weight)
     x = (images.astype(np.float32) - np.float32(card.mean)) / np.float32(card.std)
     cell = IMAGE_SIZE // POOL
     n = len(images)
     pooled = x.reshape(n, POOL, cell, POOL, cell, 3).mean(axis=(2, 4))  # (n, 8, 8, 3)
-    flat = pooled.transpose(0, 3, 1, 2).reshape(n, features)  # NCHW order, as the graph
-    logits = flat @ weight + bias
+    return pooled.transpose(0, 3, 1, 2).reshape(n, len(weight)) @ weight + bias
+
+
+def reference_probabilities(images: np.ndarray, classes: int = 4, seed: int = 0) -> np.ndarray:
+    """The fixture model's output computed with numpy, to check a backend against."""
+    logits = reference_logits(images, classes, seed)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -192,7 +204,12 @@ class Server:
             httpx.get(server.url + "/labels")
     """
 
-    def __init__(self, model: Path, workdir: Path, env: dict | None = None):
+    def __init__(
+        self, model: Path | str, workdir: Path, env: dict | None = None, target: str | None = None
+    ):
+        """`model`: TIN_MODEL (a file, or a tag in the model store); `target`: what to serve
+        (serving/service.py's Classifier by bentofile.yaml, or e.g. tests.native_caller:Caller)."""
+        self.target = target
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(workdir) / "serve.log"
@@ -207,7 +224,8 @@ class Server:
 
     def start(self, timeout: float = 90) -> Server:
         bentoml = Path(sys.executable).parent / "bentoml"
-        command = [str(bentoml), "serve", "--port", str(self.port), "--host", "127.0.0.1"]
+        command = [str(bentoml), "serve", *([self.target] if self.target else [])]
+        command += ["--port", str(self.port), "--host", "127.0.0.1"]
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
                 command,
@@ -239,8 +257,13 @@ class Server:
             return
         import psutil  # a dependency of bentoml
 
-        arbiter = psutil.Process(self.proc.pid)
-        workers = arbiter.children(recursive=True)
+        try:
+            arbiter = psutil.Process(self.proc.pid)
+            workers = arbiter.children(recursive=True)
+        except psutil.NoSuchProcess:  # it exited by itself (a start that failed)
+            self.proc.wait()
+            self.proc = None
+            return
         for p in [arbiter, *workers] if sig == signal.SIGKILL else [arbiter]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.send_signal(sig)

@@ -1,10 +1,13 @@
 """The benchmarks' pure parts: arithmetic, tables, report file, argument errors, and the HTTP
 benchmark's ratio to the raw backend. Nothing here times anything, and no speed is asserted."""
 
+import numpy as np
 import pytest
 
 from bench import http as H
 from bench import inference as B
+from export.contract import random_images
+from serving.backend import read_card
 from tests.serving_fixtures import write_model
 
 CPUINFO = """processor\t: 0
@@ -90,7 +93,7 @@ def test_append_starts_a_new_file_with_a_title_and_keeps_old_sections(tmp_path):
         (["--rounds", "0"], "--rounds must be >= 1"),
         (["--model", "no/such.onnx"], "--model: no such file"),
         (["--checkpoint", "no/such.pt"], "--checkpoint: no such file"),
-        (["--int8", "no/such-int8.onnx"], "--int8: no such file"),
+        (["--engines", "tensorrt:int8"], "unknown engine 'tensorrt:int8'; valid: onnxruntime:fp32"),
     ],
 )
 def test_argument_errors_exit_2_with_a_message(argv, message, capsys):
@@ -111,16 +114,17 @@ def test_a_file_that_is_not_an_export_is_refused(tmp_path, capsys):
     assert "not a model exported by" in capsys.readouterr().err
 
 
-def test_plan_skips_pytorch_without_a_checkpoint_and_says_why(tmp_path):
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"")
-    engines, notes = B.plan(B.parse_args(["--model", str(model)]))
-    assert [name for name, _, _ in engines] == ["ONNX Runtime fp32"]
+def test_plan_runs_what_is_here_and_says_why_the_rest_is_not(tmp_path):
+    model = write_model(tmp_path / "m.onnx")  # no INT8 forms beside it, no checkpoint
+    args = B.parse_args(["--model", str(model), "--threads", "1"])
+    engines, notes = B.plan(args, read_card(model).model_config)
+    assert list(engines) == ["onnxruntime:fp32", "openvino:fp32", "openvino:bf16"]
+    assert {p for _, p in engines.values()} == {"fp32", "bf16"}
     assert any("PyTorch eager: skipped" in n and "--checkpoint" in n for n in notes)
-    int8 = tmp_path / "q.onnx"
-    int8.write_bytes(b"")
-    engines, _ = B.plan(B.parse_args(["--model", str(model), "--int8", str(int8)]))
-    assert [name for name, _, _ in engines] == ["ONNX Runtime fp32", "ONNX Runtime INT8"]
+    assert any(n.startswith("onnxruntime:int8: skipped") and "m.int8.onnx" in n for n in notes)
+    predict, _ = engines["openvino:fp32"]
+    x = random_images(3)
+    np.testing.assert_allclose(predict(x), engines["onnxruntime:fp32"][0](x), atol=1e-5)
 
 
 def test_every_row_must_be_the_same_network():

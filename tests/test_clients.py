@@ -559,3 +559,57 @@ def test_cli_through_bentoml_serve(tmp_path, tiny_root):
         )
         hits = sum(w == truth[p.name] for w, p in zip(wnids, images, strict=True))
         assert report["top1"] == hits / len(images)
+
+
+# --- activation maps -------------------------------------------------------------------------
+
+
+def test_explain_gives_maps_as_arrays_that_add_up_and_an_overlay(service, tmp_path):
+    from PIL import Image
+
+    from tests.serving_fixtures import encode, fixture_array
+
+    big = tmp_path / "big.png"  # the overlay is drawn at the input's own size
+    big.write_bytes(encode(Image.fromarray(fixture_array(1, CLASSES)).resize((96, 80)), "PNG"))
+    with make_client(service) as client:
+        e = client.explain(big, top_k=2)
+        assert e.ok
+        assert e.image_size == (96, 80)
+        assert [c.rank for c in e.predictions] == [1, 2]
+        assert e.predictions[0].wnid == expected_wnid(big.read_bytes())
+        for c in e.predictions:
+            assert c.map.shape == e.map_size == (8, 8)
+            assert float(c.map.mean()) + c.bias == pytest.approx(c.logit, abs=1e-4)
+        overlay = e.overlay()
+        assert overlay.size == (96, 80)
+        assert len(set(overlay.getdata())) > 10
+        wnid = e.predictions[1].wnid
+        (only,) = client.explain(big.read_bytes(), cls=wnid).predictions
+        assert (only.wnid, only.rank) == (wnid, 2)
+        with pytest.raises(KeyError):
+            e.overlay("n00000000")
+
+
+def test_explain_iter_keeps_order_and_errors_in_place(service):
+    datas = jpegs(3)
+    with make_client(service) as client:
+        results = list(client.explain_iter([datas[0], b"not an image", datas[1]], top_k=1))
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error.code == "not_an_image"
+    assert results[2].predictions[0].wnid == expected_wnid(datas[1])
+    assert results[0].map_size == (8, 8)
+
+
+def test_cli_explain_writes_one_overlay_per_image_and_class_and_resumes(service, tmp_path, capsys):
+    paths = write_images(tmp_path / "in", [*jpegs(2), b"broken"], ["a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "maps"
+    argv = ["explain", *paths, "--out", str(out), "--top-k", "2", "--url", URL]
+    assert main(argv, transport=service) == 1  # c.jpg failed
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 4
+    assert all(".1-n" in n or ".2-n" in n for n in pngs)
+    records = read_jsonl(out / "explanations.jsonl")
+    assert [("error" in r) for r in records] == [False, False, True]
+    assert "failed (1)" in capsys.readouterr().err
+    assert main(argv, transport=service) == 1  # nothing sent again; the old failure still counts
+    assert len(read_jsonl(out / "explanations.jsonl")) == 3

@@ -1,6 +1,7 @@
 """Export: folding per unit variant, the ONNX graph and its metadata, parity with PyTorch, INT8,
 errors, and everything around TensorRT that runs without it."""
 
+import dataclasses
 import json
 from dataclasses import asdict
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from export import contract as C
+from export import graph as G
 from export import onnx_export as E
 from export import quantize as Q
 from export import tensorrt as T
@@ -24,7 +26,7 @@ from export.fold import (
     fold_model,
     fold_survival,
 )
-from export.pipeline import export, int8_path
+from export.pipeline import export
 from serving.backend import read_card
 from training import presets as P
 from training import train as TR
@@ -39,6 +41,7 @@ from training.config import ConfigError
 from training.data import load
 from training.models import Chain, build_model
 
+LOOSE = (100.0, 0.5)  # INT8 bar for a barely trained model: points it may lose, agreement
 SMALL = {"layers": (1, 1, 1, 1), "widths": (8, 16, 32, 64), "num_classes": 10}
 
 
@@ -132,12 +135,14 @@ def tiny_ckpt(tiny_zip, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tiny_ckpt, tiny_zip, tmp_path_factory):
-    """`export(..., int8=True)` once: fp32 and int8 models and the report."""
+    """`export(..., int8=True)` once: fp32 and int8 models and the report. The smoke run's model
+    (2 epochs, 16 val images: one flip is 6%) is held to a loose INT8 bar here; the real bar's
+    refusal is tested on its own."""
     out = tmp_path_factory.mktemp("models") / "tiny.onnx"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINY_IMAGENET_CACHE", str(out.parent / "cache"))
         report = export(tiny_ckpt, out, data=tiny_zip, int8=True, calib_images=48, bench=False,
-                        count_unfolded=False)  # fmt: skip
+                        count_unfolded=False, int8_bar=LOOSE)  # fmt: skip
     return out, report
 
 
@@ -154,7 +159,7 @@ def test_graph_structure(exported):
     assert isinstance(dims[0], str)
     assert dims[1:] == [64, 64, 3]
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert [o.name for o in model.graph.output] == [C.OUTPUT_LOGITS, C.OUTPUT_PROBABILITIES]
+    assert [o.name for o in model.graph.output] == list(C.OUTPUTS)
 
 
 def test_metadata_round_trip(exported, tiny_ckpt):
@@ -182,28 +187,57 @@ def test_onnx_matches_pytorch(exported, tiny_ckpt, batch):
     model, ckpt = load_model(tiny_ckpt)
     x = random_images(batch, seed=batch)
     ref = E.run_torch(model, x, ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"])
-    logits, probs = E.session(path).run(None, {C.INPUT_NAME: x})
+    logits, probs, cam = E.session(path).run(None, {C.INPUT_NAME: x})
     assert logits.shape == (batch, 4)
+    assert cam.shape[:2] == (batch, 4)
+    bias = model.head[-1].bias.detach().numpy()
+    assert E.cam_error(logits, cam, bias) <= 1e-5
     assert np.abs(logits - ref).max() <= E.LOGIT_ATOL
     assert (logits.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(ref), 1).numpy(), atol=1e-5)
 
 
-def test_int8_keeps_top1(exported, tiny_zip):
+def test_int8_forms_keep_top1_and_the_maps(exported, tiny_zip):
     path, report = exported
-    q = int8_path(path)
-    assert report["int8"]["path"] == str(q)
-    card = read_card(q)
-    assert card.precision == "int8"
-    assert card.val_images == 16
+    q, ir = C.int8_paths(path)
+    assert report["int8"]["onnxruntime"]["path"] == str(q)
+    assert report["int8"]["openvino"]["path"] == str(ir)
+    assert ir.with_suffix(".bin").is_file()
+    for form in (q, ir):
+        card = read_card(form)
+        assert card.precision == "int8"
+        assert card.val_images == 16
+        assert card.cam_size == read_card(path).cam_size
+        assert card.parity["reference"] == "fp32"
+        assert card.parity["cam_invariant_max_error"] <= E.CAM_ATOL
     assert "QuantizeLinear" in E.op_counts(onnx.load(str(q)))
     ds = load(tiny_zip)
     x = np.concatenate([ds.train.x, ds.val.x])
-    fp32, int8 = E.run_onnx(E.session(path), x), E.run_onnx(E.session(q), x)
+    fp32 = E.run_onnx(E.session(path), x)
+    int8, cam = E.run_outputs(E.session(q), x, [C.OUTPUT_LOGITS, C.OUTPUT_CAM])
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
-    assert report["int8"]["vs_fp32"]["top1_agreement"] >= 0.9
+    bias = G.head_bias(onnx.load(str(path)))
+    assert E.cam_error(int8, cam, bias) <= E.CAM_ATOL
+    ov_logits, ov_cam = Q.run_openvino(str(ir), x, (C.OUTPUT_LOGITS, C.OUTPUT_CAM))
+    assert (fp32.argmax(1) == ov_logits.argmax(1)).mean() >= 0.9
+    assert E.cam_error(ov_logits, ov_cam, bias) <= E.CAM_ATOL
     saved = json.loads(path.with_name("tiny.export.json").read_text())
-    assert saved["int8"]["val_top1"] == card.val_top1
+    assert saved["int8"]["onnxruntime"]["val_top1"] == read_card(q).val_top1
+
+
+def test_an_int8_form_that_misses_the_bar_is_refused_with_the_figures(exported, tiny_zip):
+    from export.pipeline import check_form
+
+    path, _ = exported
+    fp32 = E.Export(onnx.load(str(path)), read_card(path), None, {}, {}, np.zeros(4), 0.0,
+                    np.eye(4)[[0, 1, 2, 3] * 4], None)  # fmt: skip
+    fp32 = dataclasses.replace(fp32, card=dataclasses.replace(fp32.card, val_top1=1.0))
+    labels = np.array([0, 1, 2, 3] * 4)
+    flipped = np.eye(4)[[1, 1, 2, 3] * 4]  # 4 of 16 wrong: -25 points, 75% agreement
+    cam = np.repeat(flipped[:, :, None, None], 2, 2).repeat(2, 3)
+    with pytest.raises(E.ParityError, match=r"-25\.00 points.*agreement 75\.00%"):
+        check_form("INT8", fp32, flipped, cam, labels)
+    assert check_form("INT8", fp32, flipped, cam, labels, bar=LOOSE)["top1_agreement"] == 0.75
 
 
 def test_throughput_runs(exported):
@@ -262,8 +296,8 @@ def test_checkpoint_whose_weights_do_not_fit(tiny_ckpt, tmp_path):
 def test_data_with_other_classes_is_refused(tiny_ckpt, tiny_zip):
     ckpt = load_checkpoint(tiny_ckpt)
     ckpt["classes"]["wnids"] = ckpt["classes"]["wnids"][::-1]  # trained on another class order
-    with pytest.raises(E.ExportError, match="not the checkpoint's 4"):
-        E.load_val(tiny_zip, ckpt)
+    with pytest.raises(E.ExportError, match="not the model's 4"):
+        E.checkpoint_val(tiny_zip, ckpt)
 
 
 def test_parity_failure_gives_figures():
@@ -297,7 +331,7 @@ def test_fp16_weights_halve_the_file_and_stay_within_tolerance(exported, tiny_ck
     fp32_path, _ = exported
     out = tmp_path / "half.onnx"
     report = export(tiny_ckpt, out, data=tiny_zip, weights="fp16", int8=True, calib_images=48,
-                    bench=False, count_unfolded=False)  # fmt: skip
+                    bench=False, count_unfolded=False, int8_bar=LOOSE)  # fmt: skip
     assert out.stat().st_size < 0.6 * fp32_path.stat().st_size
     card = read_card(out)
     assert (card.weights, card.precision) == ("fp16", "fp32")
@@ -313,7 +347,7 @@ def test_fp16_weights_halve_the_file_and_stay_within_tolerance(exported, tiny_ck
     restored = E.load_fp16(model)
     assert E.op_counts(restored)["Cast"] == E.op_counts(onnx.load(str(fp32_path)))["Cast"]
     np.testing.assert_allclose(E.run_onnx(E.session(restored), x), half, atol=1e-5)
-    assert "QuantizeLinear" in E.op_counts(onnx.load(str(int8_path(out))))
+    assert "QuantizeLinear" in E.op_counts(onnx.load(str(C.int8_paths(out)[0])))
 
 
 def test_weights_beyond_fp16_range_are_refused(exported):
@@ -328,14 +362,14 @@ def test_weights_beyond_fp16_range_are_refused(exported):
         E.store_fp16(model)
 
 
-def test_unusable_options_fail_before_any_work(tiny_ckpt, tmp_path, capsys):
+def test_unusable_options_fail_before_any_work(tiny_ckpt, exported, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["--checkpoint", str(tiny_ckpt), "--out", str(out), "--int8"]) == 2
     assert "--int8 needs --data" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"unknown weights 'int4'; valid: fp32, fp16"):
         export(tiny_ckpt, out, weights="int4", bench=False)
-    with pytest.raises(ValueError, match=r"valid: \['cpu', 'tensorrt'\]"):
-        Q.quantize_int8(onnx.ModelProto(), np.zeros((1, 64, 64, 3), np.uint8), target="gpu")
+    with pytest.raises(ConfigError, match=r"unknown preset 'turbo'; valid: mixed, performance"):
+        Q.int8_onnx(onnx.load(str(exported[0])), np.zeros((1, 64, 64, 3), np.uint8), "turbo")
     assert not out.exists()
 
 
@@ -367,7 +401,7 @@ def test_missing_tensorrt_is_explained(tiny_ckpt, tmp_path, capsys):
 
 def test_engine_options_are_checked(exported):
     path, _ = exported
-    fp32, int8 = onnx.load(str(path)), onnx.load(str(int8_path(path)))
+    fp32, int8 = onnx.load(str(path)), onnx.load(str(C.int8_paths(path)[0]))
     assert not T.has_qdq(fp32)
     assert T.has_qdq(int8)
     T.check_precision("fp16", fp32)
@@ -415,8 +449,7 @@ def test_engine_matches_onnxruntime(exported, tmp_path, precision):
     src = path
     if precision == "int8":
         calib = random_images(64)
-        src = E.save(Q.quantize_int8(onnx.load(str(path)), calib, target="tensorrt"),
-                     tmp_path / "qdq.onnx")  # fmt: skip
+        src = E.save(Q.tensorrt_qdq(onnx.load(str(path)), calib), tmp_path / "qdq.onnx")
     engine = T.build_engine(src, tmp_path / f"{precision}.engine", precision=precision,
                             max_batch=64)  # fmt: skip
     runner = T.EngineRunner(engine)

@@ -31,7 +31,9 @@ def server(live_server):
 def test_the_document_describes_every_route(server):
     spec = httpx.get(f"{server.url}/docs.json").json()
     assert set(spec["paths"]) == {
-        *("/classify", "/classify_batch", "/labels", "/model"),  # serving/routes.py
+        *("/classify", "/classify_batch", "/explain", "/explain_batch"),  # serving/routes.py
+        *("/labels", "/model", "/ui"),
+        *("/api/classify", "/api/classify_batch", "/api/explain", "/api/explain_batch"),  # native
         *("/healthz", "/livez", "/readyz", "/metrics"),  # BentoML's
     }
 

@@ -162,6 +162,7 @@ CLIS = {
     "scripts/gpu/bench_gpu.py": (["--no-such-option"], ["--preset", "nope"]),
     "scripts/gpu/step_profile.py": (["--no-such-option"], ["nope"]),
     "tests.abuse": (["--no-such-option"], ["localhost:3000"]),
+    "serving.store": (["--no-such-option"], ["missing.onnx"]),
 }
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from starlette.requests import Request
 
 from serving import config
-from serving.backend import ModelFileError, OnnxBackend, read_card
+from serving.backend import ModelFileError, open_backend, read_card
 from serving.preprocess import ImageError, decode
 from serving.routes import json_errors
 from tests.abuse import BAD_FILES, GOOD_JPEG, GOOD_PNG
@@ -253,7 +253,7 @@ def test_model_describes_card_backend_and_limits(client):
     assert m["input"] == card.input
     assert m["versions"] == card.versions
     assert m["checkpoint_sha256"] == card.checkpoint_sha256
-    assert m["backend"]["runtime"] == "onnxruntime"
+    assert m["backend"]["engine"] == "onnxruntime"
     assert m["backend"]["provider"] == "CPUExecutionProvider"  # no GPU provider in the test venv
     assert m["limits"]["max_upload_bytes"] == 1024 * 1024
     assert m["limits"]["max_batch_images"] == 8
@@ -379,7 +379,7 @@ def test_decode_refusals_name_the_problem():
 
 
 def test_backend_matches_the_reference_computation(model_path):
-    backend = OnnxBackend(model_path, max_batch=4)
+    backend = open_backend(model_path, "onnxruntime", "fp32", max_batch=4)
     x = np.stack([fixture_array(i % CLASSES, seed=i) for i in range(5)])
     np.testing.assert_allclose(backend.predict(x), reference_probabilities(x, CLASSES), atol=1e-5)
     assert backend.predict(x[:0]).shape == (0, CLASSES)
@@ -434,7 +434,7 @@ def test_real_server_classifies_jpegs_with_a_stock_client(server, tiny_root):
     card = fixture_card(CLASSES)
     with httpx.Client(base_url=server, timeout=60) as http:
         assert http.get("/livez").status_code == 200
-        assert "onnxruntime" in http.get("/model").json()["backend"]["runtime"]
+        assert "onnxruntime" in http.get("/model").json()["backend"]["engine"]
 
         def one(data: bytes) -> str:
             r = http.post("/classify", files={"image": ("x.jpg", data, "image/jpeg")})

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine: wait for PRESET's run to end (pid from start.sh), then put under $OUT what
-# comes back (at most 8 files of 16 MiB): the slim fp16 checkpoint cut into 15 MiB pieces, its
-# SHA-256, metrics.jsonl, curves.png, then the evaluation of the best checkpoint
-# (evaluation.json, errors.png). Here, join the pieces with
-# `cat best-slim.pt.part* > best-slim.pt` and check the hash, then `python -m export`.
+# comes back (at most 8 files of 16 MiB): the slim fp16 checkpoint of the run's LAST weights (the
+# EMA; no checkpoint is picked by its val score, which would inflate the score reported on that
+# val) cut into 15 MiB pieces, its SHA-256, metrics.jsonl, curves.png, then its one evaluation
+# (evaluation.json, errors.png). Here, join the pieces with `cat model.pt.part* > models/model.pt`,
+# check the hash, and `python -m export --checkpoint models/model.pt ...`.
 # usage: bash scripts/gpu/collect.sh [PRESET=final]
 set -euo pipefail
 preset=${1:-final}
@@ -19,10 +20,10 @@ if [[ -f $pidfile ]]; then
 fi
 # Bring back the weights and curves first: if the lease runs out during the evaluation, the run
 # is not lost (the evaluation can be redone here on CPU with training.evaluate).
-python3 -m training.checkpoint slim "$run/best.pt" "$run/best-slim.pt" --half
-split -b 15M -d -a 1 "$run/best-slim.pt" "$out/best-slim.pt.part"
-(cd "$run" && sha256sum best-slim.pt > "$out/best-slim.pt.sha256")
+python3 -m training.checkpoint slim "$run/last.pt" "$run/model.pt" --half
+split -b 15M -d -a 1 "$run/model.pt" "$out/model.pt.part"
+(cd "$run" && sha256sum model.pt > "$out/model.pt.sha256")
 cp "$run/metrics.jsonl" "$run/curves.png" "$out/"
-python3 -m training.evaluate --checkpoint "$run/best.pt" --data "$data" --out "$run/eval"
+python3 -m training.evaluate --checkpoint "$run/model.pt" --data "$data" --out "$run/eval"
 cp "$run/eval/evaluation.json" "$run/eval/errors.png" "$out/"
 ls -la "$out"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On the GPU machine, for runs started together by start.sh (issue 12, the seeds' rows): wait for
-# each to end, evaluate its best checkpoint, and bring back the small files of all of them in one
+# On the GPU machine, for runs started together by start.sh (the papers' rows): wait for each to
+# end, evaluate its last checkpoint (none picked by its val score), and bring back the small
+# files of all of them in one
 # $OUT/rows.tar.gz (the device tool returns at most 8 files): config.json, metrics.jsonl,
 # curves.png, evaluation.json per run; no weights. Here: `tar xzf rows.tar.gz -C runs/` then
 # `python scripts/gpu/rows.py runs/NAME ...` prints the README's results rows.
@@ -22,7 +23,7 @@ for name in "${names[@]}"; do
   tar czf "$out/rows.tar.gz" -C "$runs" "${files[@]}"
 done
 for name in "${names[@]}"; do
-  python3 -m training.evaluate --checkpoint "$runs/$name/best.pt" --data "$data" \
+  python3 -m training.evaluate --checkpoint "$runs/$name/last.pt" --data "$data" \
     --out "$runs/$name" > /dev/null
   files+=("$name/evaluation.json")
   tar czf "$out/rows.tar.gz" -C "$runs" "${files[@]}"

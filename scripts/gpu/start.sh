@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# On the GPU machine, after the data has moved in (../shared/tools/device-data-parts): install the
+# On the GPU machine, after the data has moved in (scripts/gpu/README.md): install the
 # carried wheels, decode the data once on all cores, then start PRESET detached with a time budget
 # (the schedule anneals to its end exactly when the budget does, so the run always lands).
-# PRESET may be a comma-separated list (the seeds' small runs, issue 12): each starts at once, all
+# PRESET may be a comma-separated list (the papers' small runs): each starts at once, all
 # sharing the GPU, each with its own log, pid and MINUTES budget; collect_rows.sh brings them back.
 # usage: bash scripts/gpu/start.sh [PRESET=final] [MINUTES=20] [extra training.train args...]
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Here, before a lease: the wheels the GPU machine lacks (kornia for augmentation; its image has
 # torch 2.11, numpy, pillow, onnx, onnxruntime, matplotlib, tqdm), for its Python 3.12, into .whl/
-# (git-excluded). Carry ".whl" with the calls that train. See ../shared/GPU.md.
+# (git-excluded). Carry ".whl" with the calls that train. See scripts/gpu/README.md.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"

@@ -1,0 +1,328 @@
+"""BentoML-native APIs next to the mounted routes: typed results for bentoml.SyncHTTPClient,
+AsyncHTTPClient and bentoml.depends(url=...), with the same error contract as serving/routes.py.
+
+The @bentoml.api methods live on serving/service.py's Classifier under /api/ (NATIVE_PREFIX):
+BentoML registers its API routes before the mounted app, so an API on /classify would shadow the
+mounted route and change what today's curl forms get. What BentoML 1.4.39 does by itself, and
+what this module changes:
+
+- a file parameter is `pathlib.Path` (multipart, written to a request temp file), not
+  `PIL.Image`, whose decoder turns a broken file into a 500; the bytes go through
+  serving/preprocess.py `decode`, as on the mounted routes.
+- a refusal made in the method is returned as a starlette JSONResponse (BentoML sends a
+  returned Response as it is, _bentoml_impl/server/app.py `api_endpoint`); raising a
+  BentoMLException would answer `[{"error": "..."}]` (a one-element list, app.py
+  `api_endpoint_wrapper`).
+- NativeErrors, an ASGI middleware on these routes, answers what BentoML would get wrong or
+  answer in its own shape: a body over TIN_MAX_UPLOAD_MB (BentoML has no limit) is a 413; a
+  body that is not a form is a 415; a file field sent as text is a 400 (BentoML would download
+  it as a URL, _bentoml_impl/serde.py MultipartSerde.ensure_file, and answer a 500 for anything
+  else); BentoML's own refusals (a missing or mistyped parameter: 400 {"error": "1 validation
+  error for Input", "detail": [...]}; 404; 405) are rewritten to {"error": {"code", "message"}},
+  with the codes of the mounted routes (missing_image, bad_top_k...).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Annotated
+
+from bentoml.exceptions import ServiceUnavailable
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from serving.config import DEFAULT_TOP_K, MAX_TOP_K
+from serving.routes import ApiError, error_body
+
+log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
+
+NATIVE_PREFIX = "/api/"
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+# strict: BentoML json-decodes each form field, and a lax int would take `true` as 1.
+TopK = Annotated[
+    int,
+    Field(ge=1, le=MAX_TOP_K, strict=True, description="how many classes to answer"),
+]
+
+
+class Prediction(BaseModel):
+    rank: int
+    wnid: str
+    label: str
+    probability: float
+
+
+class Classification(BaseModel):
+    model: str
+    predictions: list[Prediction]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ImageResult(BaseModel):
+    # [] rather than None for a failed image: BentoML's client cannot decode a null where its
+    # schema says array (_bentoml_impl/serde.py GenericSerde._decode iterates it).
+    index: int
+    predictions: list[Prediction] = []
+    error: ErrorDetail | None = None
+
+
+class BatchClassification(BaseModel):
+    model: str
+    results: list[ImageResult]
+
+
+class ClassMap(Prediction):
+    """One class's activation map (h rows of w values, logit units): mean(cam) + bias = logit."""
+
+    logit: float
+    bias: float
+    cam: list[list[float]]
+
+
+class Explanation(BaseModel):
+    model: str
+    map_size: list[int]
+    image_size: list[int]  # the upload's width and height, as displayed (EXIF applied)
+    predictions: list[ClassMap]
+
+
+class ExplainResult(BaseModel):
+    index: int
+    image_size: list[int] = []
+    predictions: list[ClassMap] = []
+    error: ErrorDetail | None = None
+
+
+class BatchExplanation(BaseModel):
+    model: str
+    map_size: list[int]
+    results: list[ExplainResult]
+
+
+__all__ = ["DEFAULT_TOP_K", "NATIVE_PREFIX", "NativeErrors", "ServerErrors", "TopK", "api_errors"]
+# One name per wnid: Tiny ImageNet's are "n" and 8 digits; other models may name them otherwise.
+Wnid = Annotated[str, Field(min_length=1, max_length=64, description="a class, as in GET /labels")]
+
+
+def api_errors(func):
+    """Answer ApiError (and an unavailable model) from an @bentoml.api method with our JSON
+    body; BentoML returns a Response from the method as it is. functools.wraps keeps the
+    signature BentoML reads the parameters from."""
+
+    @functools.wraps(func)
+    async def wrapped(*args, **kwargs):
+        try:
+            return await func(*args, **kwargs)
+        except ApiError as e:
+            return JSONResponse(error_body(e.code, e.message), status_code=e.status)
+        except ServiceUnavailable:
+            message = "the model is overloaded or unavailable; retry later"
+            return JSONResponse(error_body("unavailable", message), status_code=503)
+
+    return wrapped
+
+
+# --- the middleware ----------------------------------------------------------------------------
+
+
+def _validation_message(body: dict) -> tuple[str, str]:
+    """BentoML's pydantic 400 → our code and message: missing_<field> or bad_<field>, the
+    codes the mounted routes use (missing_image, missing_images, bad_top_k)."""
+    details = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(details, list) or not details:
+        return "bad_request", str(body.get("error", "bad request"))[:300]
+    first = details[0]
+    field = str((first.get("loc") or ["request"])[0])
+    kind = "missing" if first.get("type") == "missing" else "bad"
+    text = "; ".join(
+        f"{'.'.join(map(str, d.get('loc') or ['body']))}: {d.get('msg', '')}" for d in details[:5]
+    )
+    return f"{kind}_{field}", text
+
+
+OTHER_ERRORS = {
+    404: ("not_found", "no such API"),
+    405: ("method_not_allowed", "this API takes POST"),
+    413: ("upload_too_large", "the request body is over the limit"),
+    415: ("unsupported_media_type", "send multipart/form-data"),
+    503: ("unavailable", "the model is overloaded or unavailable; retry later"),
+}
+
+
+def _ours(status: int, raw: bytes) -> bytes:
+    """The body to send instead of BentoML's error body `raw`."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return raw  # already ours (a Response returned by an API method)
+    if status == 400 and isinstance(body, dict):
+        code, message = _validation_message(body)
+    elif status in OTHER_ERRORS:
+        code, message = OTHER_ERRORS[status]
+    elif status >= 500:
+        code, message = "internal_error", "unexpected server error; see the server log"
+    else:
+        code, message = "bad_request", "the request was refused"
+    return json.dumps(error_body(code, message)).encode()
+
+
+class NativeErrors:
+    """ASGI middleware for the NATIVE_PREFIX routes: the upload size limit, no text in a file
+    field, and BentoML's error bodies rewritten to {"error": {"code", "message"}}."""
+
+    def __init__(self, app, max_upload_bytes: int, routes: dict[str, tuple[str, ...]]):
+        self.app = app
+        self.limit = max_upload_bytes
+        self.routes = routes  # each @bentoml.api route: its file parameters
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(NATIVE_PREFIX):
+            return await self.app(scope, receive, send)
+        if scope["method"] != "POST" or scope["path"] not in self.routes:
+            # BentoML's 404, or its 405 (with Allow), in our shape
+            return await self.app(scope, receive, _rewriting(send))
+        request = Request(scope, receive)
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(scope, send, 413, "upload_too_large", self._too_large())
+        body = await self._read(receive)
+        if body is None:
+            return await self._refuse(scope, send, 413, "upload_too_large", self._too_large())
+        refusal = await self._check_form(scope, body, self.routes[scope["path"]])
+        if refusal is not None:
+            return await self._refuse(scope, send, *refusal)
+        await self.app(scope, _replay(body, receive), _rewriting(send))
+
+    def _too_large(self) -> str:
+        return f"the request body is over the limit of {self.limit:,} bytes"
+
+    async def _read(self, receive) -> bytes | None:
+        """The whole body, or None past the limit (chunked uploads have no Content-Length)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return None
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _check_form(self, scope, body: bytes, fields) -> tuple[int, str, str] | None:
+        """Only a form can carry the files; and a file field sent as text would be fetched as a
+        URL by BentoML: refuse both here, as serving/routes.py `read_form` does."""
+        request = Request(scope, _replay(body))
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in FORM_TYPES:
+            return (
+                415,
+                "unsupported_media_type",
+                f"expected multipart/form-data, got {kind or 'no Content-Type'}",
+            )
+        try:
+            async with request.form(max_files=10_000, max_fields=100) as form:
+                for field in fields:
+                    if any(not isinstance(v, UploadFile) for v in form.getlist(field)):
+                        return (
+                            400,
+                            f"missing_{field}",
+                            f"form field {field!r} must be a file upload",
+                        )
+        except (MultiPartException, HTTPException) as e:  # Starlette raises the latter in an app
+            detail = getattr(e, "message", None) or getattr(e, "detail", str(e))
+            return 400, "bad_multipart", f"malformed multipart body: {detail}"
+        return None
+
+    async def _refuse(self, scope, send, status: int, code: str, message: str) -> None:
+        response = JSONResponse(error_body(code, message), status_code=status)
+        await response(scope, _replay(b""), send)
+
+
+class ServerErrors:
+    """Turns an exception raised inside the service's middlewares (or anything below them that
+    has not answered yet) into a JSON 500. Without it the request hangs: BentoML's
+    TimeoutMiddleware (bentoml/_internal/server/http/traffic.py) waits for a first `send` until
+    traffic.timeout (120 s) and then cannot answer either. Register it first."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            message = "unexpected server error; see the server log"
+            await JSONResponse(error_body("internal_error", message), status_code=500)(
+                scope, _replay(b""), send
+            )
+
+
+def _replay(body: bytes, then=None):
+    """An ASGI `receive` that gives `body` once, then waits on `then` (the real one, which
+    reports the client's disconnect) or reports a disconnect."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then() if then is not None else {"type": "http.disconnect"}
+
+    return receive
+
+
+def _rewriting(send):
+    """`send` with error responses' bodies (small JSON) replaced by ours."""
+    start = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message):
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            start = message
+            return
+        if start is None:
+            return await send(message)
+        if message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = _ours(start["status"], b"".join(chunks))
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+        headers += [(b"content-length", str(len(body)).encode())]
+        headers += [(b"content-type", b"application/json")]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return wrapped
