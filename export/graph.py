@@ -288,29 +288,19 @@ def find_head(model: onnx.ModelProto) -> Head:
 # --- the class-activation map --------------------------------------------------------------------
 
 
-def add_cam(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` with outputs (logits, probabilities, cam (N, K, h, w)), where
-    cam = W·F per position and logits = ReduceMean(cam, [2, 3]) + b (see the module docstring)."""
-    if CAM in [o.name for o in model.graph.output]:
-        raise GraphError(f"the model already has a {CAM!r} output")
-    head = find_head(model)
-    model = _copy(model)
-    g = model.graph
+def _cam_nodes(g, head: Head) -> list[onnx.NodeProto]:
+    """cam = W·F per position (a 1×1 Conv, or an Einsum for a flat head), then the logits as
+    ReduceMean(cam) + b; constants go into `g`."""
     k, c, h, w = head.classes, head.channels, head.height, head.width
-    new = []
-    weight = head.weight
+    new, weight, kernel = [], head.weight, _fresh(g, "cam_kernel")
     if not head.weight_kc:  # (fan_in, K) → (K, fan_in)
         weight = _fresh(g, "cam_weight_kc")
         new.append(helper.make_node("Transpose", [head.weight], [weight], perm=[1, 0]))
-    kernel = _fresh(g, "cam_kernel")
     if head.pooled:
         shape = _const(g, "cam_kernel_shape", np.array([k, c, 1, 1], np.int64))
         new.append(helper.make_node("Reshape", [weight, shape], [kernel]))
-        new.append(
-            helper.make_node(
-                "Conv", [head.feature, kernel], [CAM], name="cam_conv", kernel_shape=[1, 1]
-            )
-        )
+        conv = helper.make_node("Conv", [head.feature, kernel], [CAM], kernel_shape=[1, 1])
+        new.append(conv)
     else:
         # Flatten order is (c, y, x): W_k viewed as (C, h, w). h·w (a power of two here, exact)
         # makes the mean over positions equal the sum the linear layer computes.
@@ -319,44 +309,42 @@ def add_cam(model: onnx.ModelProto) -> onnx.ModelProto:
         area = _const(g, "cam_area", np.array(h * w, np.float32))
         new.append(helper.make_node("Reshape", [weight, shape], [flat_kernel]))
         new.append(helper.make_node("Mul", [flat_kernel, area], [kernel]))
-        new.append(
-            helper.make_node(
-                "Einsum",
-                [head.feature, kernel],
-                [CAM],
-                name="cam_einsum",
-                equation="nchw,kchw->nkhw",
-            )
-        )
+        eq = "nchw,kchw->nkhw"
+        new.append(helper.make_node("Einsum", [head.feature, kernel], [CAM], equation=eq))
     mean = _fresh(g, "cam_mean") if head.bias else LOGITS
-    if _opset(model) >= 18:
-        axes = _const(g, "cam_axes", np.array([2, 3], np.int64))
-        new.append(helper.make_node("ReduceMean", [CAM, axes], [mean], keepdims=0))
-    else:
-        new.append(helper.make_node("ReduceMean", [CAM], [mean], axes=[2, 3], keepdims=0))
+    axes = _const(g, "cam_axes", np.array([2, 3], np.int64))  # an input since opset 18
+    new.append(helper.make_node("ReduceMean", [CAM, axes], [mean], keepdims=0))
     if head.bias:
-        new.append(helper.make_node("Add", [mean, head.bias], [LOGITS], name="cam_logits"))
+        new.append(helper.make_node("Add", [mean, head.bias], [LOGITS]))
+    return new
 
-    old = _producers(g)[LOGITS]
+
+def add_cam(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with outputs (logits, probabilities, cam (N, K, h, w)), where
+    cam = W·F per position and logits = ReduceMean(cam, [2, 3]) + b (see the module docstring)."""
+    if CAM in [o.name for o in model.graph.output]:
+        raise GraphError(f"the model already has a {CAM!r} output")
+    if _opset(model) < 18:
+        raise GraphError(f"opset {_opset(model)}: ReduceMean with axes as an input needs >= 18")
+    head = find_head(model)
+    model = _copy(model)
+    g = model.graph
+    new = _cam_nodes(g, head)
     before = _tensor_names(g)
     nodes = list(g.node)
-    at = next(i for i, n in enumerate(nodes) if n is old)
-    nodes[at : at + 1] = new  # everything the new nodes read is produced before `old`
+    at = next(i for i, n in enumerate(nodes) if LOGITS in n.output)
+    nodes[at : at + 1] = new  # everything the new nodes read is produced before the old head
     del g.node[:]
     g.node.extend(nodes)
-    g.output.append(helper.make_tensor_value_info(CAM, TensorProto.FLOAT, [None, k, h, w]))
+    dims = [None, head.classes, head.height, head.width]
+    g.output.append(helper.make_tensor_value_info(CAM, TensorProto.FLOAT, dims))
     g.output[-1].type.tensor_type.shape.dim[0].CopyFrom(_batch_dim(model))
     _prune(g)
-    after = _tensor_names(g)
     # Stale: whatever the rewrite removed, and the tensors it now computes differently.
-    _drop_value_info(g, (before - after) | {o for n in new for o in n.output})
-    record = {
-        "transform": "cam",
-        "head": "pooled" if head.pooled else "flat",
-        "map": [h, w],
-        "found": head.found,
-    }
-    return _finish(model, record)
+    _drop_value_info(g, (before - _tensor_names(g)) | {o for n in new for o in n.output})
+    kind = "pooled" if head.pooled else "flat"
+    map_size = [head.height, head.width]
+    return _finish(model, {"transform": "cam", "head": kind, "map": map_size, "found": head.found})
 
 
 def _value(graph, name: str) -> np.ndarray | None:
@@ -430,82 +418,88 @@ def _mirror(g, x: str, out: str) -> onnx.NodeProto:
     return helper.make_node("Slice", [x, starts, ends, axes, steps], [out])
 
 
+def _check_resizable(g, x: str, image_size: int, size: int) -> None:
+    """Refuse a new size where an op between the image and the cam may pin the spatial size."""
+    pinned = [
+        f"{n.op_type} {n.name or n.output[0]}"
+        for n in _body_nodes(g, x, CAM)
+        if n.op_type in SHAPE_PINNING_OPS
+    ]
+    if size != image_size and pinned:
+        raise GraphError(
+            f"size {size} != {image_size}, but the network may depend on its input size "
+            f"through {pinned} (a flat head reads fixed maps); use size={image_size}"
+        )
+
+
+def _front(g, x: str, *, flip: bool, size: int | None, resize: str) -> tuple[list, str]:
+    """x → [x, mirror(x)] → resized to size×size (None: not resized). Mirroring before resizing
+    makes the pair of a mirrored image the same two tensors swapped, so its logits equal the
+    original's up to the summation order of the mean, not only up to resize rounding."""
+    nodes, cur = [], x
+    if flip:
+        mirror, both = _fresh(g, "tta_mirror"), _fresh(g, "tta_pair")
+        nodes.append(_mirror(g, cur, mirror))
+        nodes.append(helper.make_node("Concat", [cur, mirror], [both], axis=0))
+        cur = both
+    if size is not None:
+        sizes = _const(g, "tta_sizes", np.array([size, size], np.int64))
+        out = _fresh(g, "tta_resized")
+        resize_node = helper.make_node(
+            "Resize",
+            [cur, "", "", sizes],
+            [out],
+            axes=[2, 3],
+            mode=resize,
+            coordinate_transformation_mode="half_pixel",
+        )
+        nodes.append(resize_node)
+        cur = out
+    return nodes, cur
+
+
+def _average_mirrored_cam(g) -> None:
+    """cam of the pair → (first half + second half mirrored back) / 2 → `cam`, so the logits and
+    probabilities downstream follow with no other change."""
+    pair, a, b = _fresh(g, "tta_cam_pair"), _fresh(g, "tta_cam_a"), _fresh(g, "tta_cam_b")
+    b_back, total = _fresh(g, "tta_cam_b_back"), _fresh(g, "tta_cam_sum")
+    half = _const(g, "tta_half", np.array(0.5, np.float32))
+    _producers(g)[CAM].output[0] = pair
+    back = [
+        helper.make_node("Split", [pair], [a, b], axis=0, num_outputs=2),
+        _mirror(g, b, b_back),
+        helper.make_node("Add", [a, b_back], [total]),
+        helper.make_node("Mul", [total, half], [CAM]),
+    ]
+    _insert_after(g, pair, back)
+
+
 def add_tta(model: onnx.ModelProto, *, flip: bool, size: int, resize: str = "linear"):
     """A copy of a model with a cam output (see `add_cam`) that upsamples the normalised image to
     size×size (`resize`: "linear" or "cubic", half-pixel centres as PyTorch's align_corners=False,
     cubic a=−0.75) and, with `flip`, averages the image's cam with its mirror image's cam flipped
     back (one network call on the doubled batch). Input and outputs keep their names and types;
-    the cam becomes (N, K, h', w') for the new size."""
+    the cam becomes (N, K, h', w') for the new size. flip=False at the input's own size is an
+    unchanged copy. A flat head (the spec nets) reads maps of fixed size: only flip works there."""
     if resize not in ("linear", "cubic"):
         raise GraphError(f"resize must be 'linear' or 'cubic', got {resize!r}")
     if CAM not in [o.name for o in model.graph.output]:
         raise GraphError(f"the model has no {CAM!r} output: run add_cam first")
-    if _opset(model) < 18:
-        raise GraphError(f"opset {_opset(model)}: Resize with `axes` needs opset >= 18")
     model = _copy(model)
     g = model.graph
-    in_dims = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
-    image_size = in_dims[1]  # NHWC
+    image_size = g.input[0].type.tensor_type.shape.dim[1].dim_value  # NHWC
     x = normalised_input(model)
-    if size != image_size:
-        pinned = [
-            f"{n.op_type} {n.name or n.output[0]}"
-            for n in _body_nodes(g, x, CAM)
-            if n.op_type in SHAPE_PINNING_OPS
-        ]
-        if pinned:
-            raise GraphError(
-                f"size {size} != {image_size}, but the network may depend on its "
-                f"input size through {pinned} (a flat head reads fixed maps); "
-                f"use size={image_size}"
-            )
+    _check_resizable(g, x, image_size, size)
     if size == image_size and not flip:
         return model
-
-    # Front: x → [x, mirror(x)] → resized → what the first layer read. Mirroring before resizing
-    # makes the pair of a mirrored image the same two tensors swapped, so its logits equal the
-    # original's (up to summation order in the mean), not only up to resize rounding.
-    front, cur = [], x
-    if flip:
-        mirror, both = _fresh(g, "tta_mirror"), _fresh(g, "tta_pair")
-        front.append(_mirror(g, cur, mirror))
-        front.append(helper.make_node("Concat", [cur, mirror], [both], axis=0))
-        cur = both
-    if size != image_size:
-        sizes = _const(g, "tta_sizes", np.array([size, size], np.int64))
-        out = _fresh(g, "tta_resized")
-        front.append(
-            helper.make_node(
-                "Resize",
-                [cur, "", "", sizes],
-                [out],
-                name="tta_resize",
-                axes=[2, 3],
-                mode=resize,
-                coordinate_transformation_mode="half_pixel",
-            )
-        )
-        cur = out
+    front, cur = _front(g, x, flip=flip, size=None if size == image_size else size, resize=resize)
     for node in g.node:  # the body now reads `cur` instead of `x`
         for i, name in enumerate(node.input):
             if name == x:
                 node.input[i] = cur
     _insert_after(g, x, front)
-
-    # Back: cam of the pair → first half + mirrored second half, averaged → `cam`.
     if flip:
-        pair, a, b = _fresh(g, "tta_cam_pair"), _fresh(g, "tta_cam_a"), _fresh(g, "tta_cam_b")
-        b_back, total = _fresh(g, "tta_cam_b_back"), _fresh(g, "tta_cam_sum")
-        half = _const(g, "tta_half", np.array(0.5, np.float32))
-        _producers(g)[CAM].output[0] = pair  # looked up now: _insert_after rebuilt the list
-        back = [
-            helper.make_node("Split", [pair], [a, b], axis=0, num_outputs=2),
-            _mirror(g, b, b_back),
-            helper.make_node("Add", [a, b_back], [total]),
-            helper.make_node("Mul", [total, half], [CAM]),
-        ]
-        _insert_after(g, pair, back)
-
+        _average_mirrored_cam(g)
     # Every intermediate shape changed (spatial size, batch 2N): infer them all afresh.
     del g.value_info[:]
     cam_out = next(o for o in g.output if o.name == CAM)

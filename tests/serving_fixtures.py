@@ -122,7 +122,7 @@ def build_model(classes: int = 4, seed: int = 0, card: ModelCard | None = None, 
         inits,
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests.serving_fixtures"
+        graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="tests.serving_fixtures"
     )
     model.ir_version = 8  # what ONNX Runtime releases of the last years all read
     onnx.checker.check_model(model)

@@ -163,6 +163,9 @@ CLIS = {
     "scripts/gpu/step_profile.py": (["--no-such-option"], ["nope"]),
     "tests.abuse": (["--no-such-option"], ["localhost:3000"]),
     "serving.store": (["--no-such-option"], ["missing.onnx"]),
+    "batch.__main__": (["--no-such-option"], ["x", "--out", "y", "--format", "csv"]),
+    "bench.batch": (["--no-such-option"], ["--model", "missing.onnx"]),
+    "scripts/cam_grid.py": (["--no-such-option"], ["--data", "x.zip", "-n", "0"]),
 }
 
 

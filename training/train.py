@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
@@ -191,11 +192,26 @@ def next_batch(state: State, x, y, batch_size: int, rank: int = 0, world: int = 
     return x[idx], y[idx]
 
 
-def train_step(state: State, fwd, augment, xb, yb, cfg: P.TrainConfig, lr: float):
+def augment_generator(state: State, cfg: P.TrainConfig, rank: int, world: int):
+    """The stream this step's augmentation draws from.
+
+    One process: the run's own `state.gen`. Under DDP every rank holds the same `state.gen` (it
+    must: it draws the shared epoch order), so augmenting from it would give each rank's i-th
+    image the same flip, ops and intensities as every other rank's i-th image. Each rank draws
+    from its own stream instead, seeded by (seed, step, rank): a resumed run recomputes it, so
+    it needs no place in the checkpoint.
+    """
+    if world == 1:
+        return state.gen
+    seed = np.random.SeedSequence([cfg.run.seed, state.step, rank]).generate_state(1)[0]
+    return torch.Generator(state.gen.device).manual_seed(int(seed))
+
+
+def train_step(state: State, fwd, augment, xb, yb, cfg: P.TrainConfig, lr: float, gen=None):
     """One SGD step; returns the loss and logits, still on the device (no host sync)."""
     for group in state.opt.param_groups:
         group["lr"] = lr
-    xa = augment(xb, state.gen)
+    xa = augment(xb, state.gen if gen is None else gen)
     o = cfg.optim
     rng = np.random.default_rng([cfg.run.seed, state.step])  # a pure function of the step
     xa, y_a, y_b, lam = mix_batch(
@@ -343,6 +359,79 @@ def prepare_forward(state: State, cfg: P.TrainConfig, device: torch.device, worl
     return state.model
 
 
+def agree(values: list, group) -> list:
+    """The per-step decisions every rank must share, as the max over ranks (one tiny all-reduce
+    on a CPU gloo group: no GPU sync). Progress from the clock, a stop signal seen by any rank,
+    rank 0's "checkpoint now": taken per rank, they would give the ranks different learning
+    rates or a different number of steps, and the rank that stops first leaves the others
+    blocked in DDP's all-reduce."""
+    if group is None:
+        return values
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=group)
+    return t.tolist()
+
+
+METER_SUMS = ("loss", "top1", "top5", "n")
+
+
+def reduce_meter(meter: dict, rank: int, world: int, device) -> None:
+    """Collective: add every rank's running sums into rank 0's meter; the others restart at zero.
+
+    Each rank sees 1/world of the global batch, so rank 0's own sums alone log the train loss and
+    accuracy of half the data and img_per_s at 1/world of the real rate. Called on every rank
+    before rank 0 logs or checkpoints the meter; "seconds" stays rank 0's own (the ranks step
+    in lockstep).
+    """
+    if world == 1:
+        return
+    t = torch.stack(
+        [torch.as_tensor(meter.get(k, 0.0), dtype=torch.float32, device=device) for k in METER_SUMS]
+    )
+    torch.distributed.all_reduce(t)
+    if rank != 0:
+        meter.clear()
+    elif meter:  # an empty meter (just after an epoch's end) stays empty
+        meter.update(zip(METER_SUMS, t.unbind(), strict=True))
+
+
+class ReplicaMismatchError(RuntimeError):
+    pass
+
+
+def check_replicas(state: State, out: Path, rank: int, world: int, group) -> None:
+    """Collective: compare a digest of each rank's weights (and EMA) and record them in
+    out/replicas.json (rank 0). DDP keeps the replicas equal only while every rank applies the
+    same update; if they drift, rank 0 checkpoints one of `world` different models and nothing
+    else would say so. Batch-norm buffers are left out: DDP broadcasts rank 0's at every forward,
+    and the forward then updates each rank's copy with its own share of the batch."""
+    h = hashlib.sha256()
+    tensors = list(unwrap(state.model).parameters())
+    if state.ema is not None:
+        tensors += list(unwrap(state.ema).parameters())
+    for t in tensors:
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digests = [None] * world
+    torch.distributed.all_gather_object(digests, h.hexdigest(), group=group)
+    if rank == 0:
+        record = {"step": state.step, "world": world, "sha256": digests}
+        (out / "replicas.json").write_text(json.dumps(record, indent=1) + "\n")
+    if len(set(digests)) > 1:
+        raise ReplicaMismatchError(f"the {world} ranks' weights differ at step {state.step}")
+
+
+@contextlib.contextmanager
+def local_rank_first(world: int):
+    """Each node's first process decodes the dataset into the cache while the others wait, then
+    they map it: not `world` concurrent decodes of the same zip."""
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if world > 1 and not first:
+        torch.distributed.barrier()
+    yield
+    if world > 1 and first:
+        torch.distributed.barrier()
+
+
 class RunExistsError(FileExistsError):
     pass
 
@@ -360,17 +449,26 @@ def train(
     """Train `cfg` on the dataset at `data` into `out`; return the last metrics row."""
     rank, world, dist_device = setup_distributed()
     device = resolve_device(dist_device or device)
+    if cfg.optim.batch_size % world:
+        raise ConfigError(
+            f"optim.batch_size {cfg.optim.batch_size} is the global batch: it must divide "
+            f"evenly among the {world} processes"
+        )
+    group = torch.distributed.new_group(backend="gloo") if world > 1 else None  # see agree()
     cfg = resolve_bf16(cfg, device)  # before config.json and checkpoints: they say what ran
     out = Path(out)
     last = out / "last.pt"
     if last.exists() and not resume:
         raise RunExistsError(f"{out} already holds a run: pass --resume, or choose a new --out")
-    ds, x, y = load_data(cfg, data, device)
+    with local_rank_first(world):
+        ds, x, y = load_data(cfg, data, device)
     if cfg.model.num_classes != len(ds.wnids):  # a class subset gets a head of its own size
         cfg = replace(cfg, model={"num_classes": len(ds.wnids)})
     state = build_state(cfg, device)
     if resume and last.exists():
         restore(state, load_checkpoint(last, map_location=device))
+        if rank != 0:
+            state.meter = {}  # the checkpoint's sums are rank 0's, already reduced (reduce_meter)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({"preset": preset, **to_dict(cfg)}, indent=1))
@@ -384,16 +482,31 @@ def train(
         total=total, initial=state.step, unit="step", disable=(rank != 0) or progress is False
     )
     lr, window = cfg.schedule.lr, time.perf_counter()
+    start, stopping = state.step, False
     with StopOnSignal() as stop:
-        while not stop.requested:
+        while True:
             state.elapsed = time.perf_counter() - t0
             done = max(state.step / total, state.elapsed / limit if limit else 0.0)
-            if done >= 1:
+            due = (  # a periodic checkpoint of the last step (the epoch's end saves its own)
+                rank == 0
+                and state.step > start
+                and state.pos != per_epoch
+                and time.perf_counter() - saved > cfg.run.checkpoint_minutes * 60
+            )
+            done, stopping, due = agree([done, stop.requested, due], group)
+            if due:
+                reduce_meter(state.meter, rank, world, device)
+                if rank == 0:
+                    ensure_finite(state, cfg)
+                    save_checkpoint(last, payload(state, cfg, ds, preset))
+                    saved = time.perf_counter()
+            if stopping or done >= 1:
                 break
             lr = lr_at(cfg.schedule, done)
             tick = time.perf_counter()
             xb, yb = next_batch(state, x, y, bs, rank, world)
-            loss, logits = train_step(state, fwd, augment, xb, yb, cfg, lr)
+            gen = augment_generator(state, cfg, rank, world)
+            loss, logits = train_step(state, fwd, augment, xb, yb, cfg, lr, gen)
             accumulate(state.meter, loss, logits, yb)
             state.meter["seconds"] = state.meter.get("seconds", 0.0) + time.perf_counter() - tick
             state.step += 1
@@ -402,26 +515,26 @@ def train(
                 img_s = bs * 25 / (time.perf_counter() - window)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{img_s:.0f}")
                 window = time.perf_counter()
-            if rank != 0:
-                continue
             if state.pos == per_epoch:
-                row = end_epoch(state, cfg, ds, device, out, preset, lr, per_epoch)
-                bar.write(json.dumps({k: _round(v) for k, v in row.items()}))
-                saved = time.perf_counter()
-            elif time.perf_counter() - saved > cfg.run.checkpoint_minutes * 60:
-                ensure_finite(state, cfg)
-                save_checkpoint(last, payload(state, cfg, ds, preset))
-                saved = time.perf_counter()
+                reduce_meter(state.meter, rank, world, device)
+                if rank == 0:  # the others wait for it in the next agree()
+                    row = end_epoch(state, cfg, ds, device, out, preset, lr, per_epoch)
+                    bar.write(json.dumps({k: _round(v) for k, v in row.items()}))
+                    saved = time.perf_counter()
     bar.close()
-    if rank != 0:
-        return {}
-    if stop.requested:  # SIGTERM / Ctrl-C: keep everything, evaluate nothing
+    reduce_meter(state.meter, rank, world, device)  # the sums since the last reduction
+    result = {}
+    if rank == 0 and stopping:  # SIGTERM / Ctrl-C: keep everything, evaluate nothing
         ensure_finite(state, cfg)
         save_checkpoint(last, payload(state, cfg, ds, preset))
-        return {"interrupted": True, "step": state.step}
-    if state.meter or not state.history:  # the run ended inside an epoch: evaluate that part too
-        end_epoch(state, cfg, ds, device, out, preset, lr, per_epoch)
-    return state.history[-1]
+        result = {"interrupted": True, "step": state.step}
+    elif rank == 0:
+        if state.meter or not state.history:  # the run ended inside an epoch: evaluate it too
+            end_epoch(state, cfg, ds, device, out, preset, lr, per_epoch)
+        result = state.history[-1]
+    if group is not None:
+        check_replicas(state, out, rank, world, group)
+    return result
 
 
 def _round(v):
@@ -479,7 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         row = train(cfg, args.data, out, preset=args.preset, resume=args.resume, device=args.device)
     except (ConfigError, DataError, CheckpointError, RunExistsError, DivergedError) as e:
         return fail(e)
-    print(json.dumps({k: _round(v) for k, v in row.items()}))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if row:  # under torchrun only rank 0 has a row to print
+        print(json.dumps({k: _round(v) for k, v in row.items()}))
     return 0
 
 
