@@ -166,6 +166,7 @@ CLIS = {
     "batch.__main__": (["--no-such-option"], ["x", "--out", "y", "--format", "csv"]),
     "bench.batch": (["--no-such-option"], ["--model", "missing.onnx"]),
     "scripts/cam_grid.py": (["--no-such-option"], ["--data", "x.zip", "-n", "0"]),
+    "scripts/ui_screenshot.py": (["--no-such-option"], ["missing.jpg"]),
 }
 
 
