@@ -213,8 +213,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(workdir) / "serve.log"
+        # Not the settings an in-process app of the same test module may have set meanwhile.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TIN_")}
+        inherited.pop("BENTOML_CONFIG_OPTIONS", None)
         self.env = {
-            **os.environ,
+            **inherited,
             "TIN_MODEL": str(model),
             "BENTOML_HOME": str(Path(workdir) / "bentoml"),
             "TIN_BATCH_MAX_LATENCY_MS": "30000",  # a busy CI machine must not shed requests

@@ -29,9 +29,9 @@ CLASSES = 4
 LIMITS = {"TIN_MAX_UPLOAD_MB": "1", "TIN_MAX_BATCH_IMAGES": "8", "TIN_MAX_PIXELS": "1000000"}
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    """The service in-process, on the 4-class fixture model (with its maps)."""
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def client(request, tmp_path_factory):
+    """The service in-process, on the 4-class fixture model (with its maps), on each engine."""
     pytest.importorskip("onnx")
     from starlette.testclient import TestClient
 
@@ -40,6 +40,7 @@ def client(tmp_path_factory):
     model = write_model(tmp_path_factory.mktemp("models") / "tiny.onnx", classes=CLASSES)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TIN_MODEL", str(model))
+        mp.setenv("TIN_BACKEND", request.param)
         for k, v in LIMITS.items():
             mp.setenv(k, v)
         mp.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("prometheus")))
