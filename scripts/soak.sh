@@ -4,13 +4,15 @@
 # (server and workers) sampled every $SAMPLE seconds (15) into $TMPDIR/soak-rss.tsv: start, end,
 # max, and the least-squares slope over the second half. ONNX Runtime's arena and the allocator
 # grow early and then stay; a leak keeps climbing in the second half too.
-# Pass: zero errors, a second-half slope near 0 MiB/min.
+# Then the same for each process (server, model worker, HTTP worker): its second-half slope as a
+# share of its mean, per 10 minutes, against the bar (2%, or $BAR), and `fail` past it.
+# Pass: zero errors, every process within the bar.
 # usage: bash scripts/soak.sh [MODEL=models/model.onnx] [SECONDS=500] [IMAGES=synthetic]
 set -euo pipefail
 model=${1:-models/model.onnx} seconds=${2:-500} images=${3:-}
 py=${PY:-.venv/bin/python} port=${PORT:-3017} sample=${SAMPLE:-15}
 samples=${TMPDIR:-/tmp}/soak-rss.tsv
-TIN_MODEL=$model "$py" -m bentoml serve --port "$port" > /tmp/soak-serve.log 2>&1 &
+TIN_MODEL=$model "$py" -m bentoml serve --port "$port" > ${TMPDIR:-/tmp}/soak-serve.log 2>&1 &
 server=$!
 sampler=
 trap 'kill $server $sampler 2>/dev/null || true' EXIT
@@ -36,7 +38,7 @@ sample_rss > "$samples"
 sampler=$!
 
 "$py" -m bench.http --url "http://localhost:$port" ${images:+--images "$images"} -c 32 \
-  -d "$seconds" --warmup 5 --json | tee /tmp/soak.json
+  -d "$seconds" --warmup 5 --json | tee ${TMPDIR:-/tmp}/soak.json
 kill $sampler
 sample_rss >> "$samples"
 # First pass: the last sample's time; second: start, end, max, and the slope from its half on.
@@ -50,3 +52,25 @@ awk -F '\t' 'NR == FNR {last = $1; next}
     printf " start %.1f, end %.1f, max %.1f;", start, end, max
     printf " slope over the second half (%d samples): %+.2f MiB/min\n", n, slope
   }' s="$sample" f="$samples" "$samples" "$samples"
+# Per process: fields 3.. are name:MiB. Second half only: warm-up (arenas, pools) is before it.
+awk -F '\t' 'NR == FNR {last = $1; next}
+  $1 >= last / 2 {
+    np = split($3, parts, " ")
+    for (i = 1; i <= np; i++) {
+      split(parts[i], kv, ":"); p = kv[1]; m = kv[2]
+      if (!(p in n)) {names[++k] = p; first[p] = m}
+      n[p]++; sx[p] += $1; sy[p] += m; sxx[p] += $1 * $1; sxy[p] += $1 * m; lastm[p] = m
+      if (!(p in max) || m > max[p]) max[p] = m
+      if (!(p in min) || m < min[p]) min[p] = m
+    }
+  }
+  END {
+    for (j = 1; j <= k; j++) {
+      p = names[j]; mean = sy[p] / n[p]
+      d = n[p] * sxx[p] - sx[p] * sx[p]
+      slope = d > 0 ? (n[p] * sxy[p] - sx[p] * sy[p]) / d * 60 : 0
+      pct = 1000 * slope / mean
+      printf "  %-18s second half: %.1f -> %.1f MiB (min %.1f, max %.1f), %+.3f MiB/min = %+.2f%% per 10 min %s\n",
+        p, first[p], lastm[p], min[p], max[p], slope, pct, (pct > bar ? "FAIL (bar " bar "%)" : "ok")
+    }
+  }' bar="${BAR:-2}" "$samples" "$samples"

@@ -26,7 +26,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
-from serving import auth, config, openapi
+from serving import auth, config, openapi, traffic
 from serving.answers import Ask
 from serving.backend import open_backend, read_card
 from serving.native import (
@@ -51,6 +51,7 @@ from serving.routes import (
 from serving.routes import app as http_app
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
+traffic.install()  # BentoML's request timeout, with its timer cancelled (serving/traffic.py)
 
 MODEL_TAG = config.settings().model_tag  # TIN_MODEL as name:version, when it is a stored model
 BATCH_MAX_SIZE = config.batch_max_size()
