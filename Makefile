@@ -43,7 +43,7 @@ serve: $(VENV)/.installed-serve
 
 # The accuracy mode: the shipped model with flip averaging in its graph (+0.9 point top-1, twice
 # the compute), and its INT8 forms, made from models/model.onnx on first use (the test
-# environment and the data: TINY_IMAGENET=path/to/tiny-imagenet-200.zip; ~15 min on 2 cores).
+# environment and the data: TINY_IMAGENET=path/to/tiny-imagenet-200.zip; 19 min on 2 cores).
 FLIP_MODEL ?= models/flip/model.onnx
 $(FLIP_MODEL): models/model.onnx $(VENV)/.installed-$(TEST_EXTRAS)
 	@[ -n "$(TINY_IMAGENET)" ] || { echo "set TINY_IMAGENET to the data's zip" >&2; exit 2; }
@@ -73,7 +73,7 @@ bench: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m bench.inference --model $(BENCH_MODEL) --write $(BENCH_OUT) \
 	  $$([ -f "$(BENCH_CHECKPOINT)" ] && echo --checkpoint $(BENCH_CHECKPOINT))
 	bash scripts/bench_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
-	$(PY) -m bench.batch --model $(BENCH_MODEL) --write $(BENCH_OUT) \
+	$(PY) -m bench.batch --model $(BENCH_MODEL) --write $(BENCH_OUT) -n 5000 \
 	  $${TINY_IMAGENET_VAL_IMAGES:+--images "$$TINY_IMAGENET_VAL_IMAGES"}
 	bash scripts/fuzz_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
 

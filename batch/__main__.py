@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=FORMATS, default="parquet")
     p.add_argument("--top-k", type=int, default=5, metavar="K")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    p.add_argument("--actors", type=int, help="ONNX Runtime actors (default: see plan())")
+    p.add_argument("--actors", type=int, help="inference actors, one engine each (default: plan())")
     p.add_argument("--threads", type=int, help="intra-op threads per actor")
     p.add_argument("--model", help="exported ONNX model (default: TIN_MODEL, models/model.onnx)")
     env = os.environ

@@ -137,17 +137,18 @@ def connect(address: str | None) -> None:
 
 
 def plan(cpus: float, actors: int | None, threads: int | None) -> tuple[int, int, float]:
-    """(actors, ONNX Runtime threads per actor, CPUs each actor reserves) for a cluster of `cpus`.
+    """(actors, engine threads per actor, CPUs each actor reserves) for a cluster of `cpus`.
 
+    By default one single-threaded actor per CPU: no intra-op synchronisation, and while one
+    actor decodes its next batch the others compute. Measured on 2 cores, 20,000 images,
+    OpenVINO INT8: 2 actors × 1 thread 45.6-47.6 s against 50.5-53.8 s for 1 actor × 2 threads.
     The reservation is what can deadlock: Ray schedules by reserved CPUs, and actors that reserve
-    every CPU leave none for the read/decode and write tasks, so the pool waits for input that
-    is never produced (it hung silently on 2 cores). Actors therefore reserve at most cpus - 1
-    between them (fractions where that is under one each; 0 on a 1-CPU machine), whatever
-    --actors asks. Threads are not reservations: by default the actors' threads add up to the
-    CPUs (2 cores: one actor, 2 threads, 1 CPU reserved): decoding a 64x64 JPEG is ~1% of the
-    work of classifying it with the shipped model.
+    every CPU leave none for the read and write tasks, so the pool waits for input that is never
+    produced (it hung silently on 2 cores). Actors therefore reserve at most cpus - 1 between
+    them (fractions where that is under one each; 0 on a 1-CPU machine), whatever --actors asks.
+    Threads are not reservations: by default the actors' threads add up to the CPUs.
     """
-    actors = actors or max(1, min(int(cpus) - 1, int(cpus) // 2))
+    actors = actors or max(1, int(cpus))
     threads = threads or max(1, int(cpus) // actors)
     reserve = max(0.0, min(1.0, (cpus - 1) / actors))
     return actors, threads, reserve

@@ -178,4 +178,4 @@ def test_actors_always_leave_a_cpu_for_the_tasks(cpus, actors):
     assert n * reserve <= max(cpus - 1, 0) + 1e-9  # the deadlock on 2 cores reserved them all
     if actors is None:
         assert n * threads <= cpus  # threads add up to the machine, not more
-    assert plan(2, None, None) == (1, 2, 1.0)  # 2 cores: one actor, 2 threads, 1 CPU
+    assert plan(2, None, None) == (2, 1, 0.5)  # 2 cores: 2 single-threaded actors, 1 CPU

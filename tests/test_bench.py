@@ -166,3 +166,29 @@ def test_bench_ratio_to_raw_backend_uses_each_levels_model_batch(tmp_path, monke
     assert rows[1]["model_batch"] == 4
     # The real timing runs the service's own backend on that batch.
     assert H.raw_rate(model, 2, seconds=0.2) > 0
+
+
+def test_accuracy_scores_each_engine_against_the_val_labels(tmp_path, capsys):
+    """bench.accuracy: top-1 against val_annotations.txt, through the service's decoding and
+    backend; half the labels here are the model's own answers, half are not."""
+    from bench import accuracy
+    from serving.preprocess import decode
+    from tests.serving_fixtures import fixture_card, fixture_images, reference_probabilities
+
+    model = write_model(tmp_path / "model.onnx")
+    wnids = fixture_card().wnids
+    (tmp_path / "val" / "images").mkdir(parents=True)
+    files = fixture_images(8)
+    predicted = reference_probabilities(np.stack([decode(f) for f in files])).argmax(1)
+    lines = []
+    for i, (data, p) in enumerate(zip(files, predicted, strict=True)):
+        (tmp_path / "val" / "images" / f"val_{i}.JPEG").write_bytes(data)
+        label = p if i < 4 else (p + 1) % len(wnids)
+        lines.append(f"val_{i}.JPEG\t{wnids[label]}\t0\t0\t63\t63")
+    (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+
+    argv = [str(tmp_path / "val"), "--model", str(model), "--engines", "openvino:fp32"]
+    assert accuracy.main(argv) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["onnxruntime:fp32"] == ["50.00%", "100.00%", "100.00%"]
+    assert rows["openvino:fp32"] == ["50.00%", "100.00%", "100.00%"]

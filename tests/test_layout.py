@@ -165,6 +165,7 @@ CLIS = {
     "serving.store": (["--no-such-option"], ["missing.onnx"]),
     "batch.__main__": (["--no-such-option"], ["x", "--out", "y", "--format", "csv"]),
     "bench.batch": (["--no-such-option"], ["--model", "missing.onnx"]),
+    "bench.accuracy": (["--no-such-option"], ["no/such/val"]),
     "scripts/cam_grid.py": (["--no-such-option"], ["--data", "x.zip", "-n", "0"]),
     "scripts/ui_screenshot.py": (["--no-such-option"], ["missing.jpg"]),
 }
