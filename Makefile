@@ -63,7 +63,7 @@ bento: $(VENV)/.installed-serve
 # HTTP service's (bench/http.py via scripts/bench_http.sh: ONNX Runtime fp32 against `auto`,
 # /explain beside /classify), then Ray Data batch prediction against a plain loop and the HTTP
 # client (bench/batch.py), then a fuzz of the HTTP API (schemathesis and broken files,
-# scripts/fuzz_http.sh), all appended to BENCHMARKS.md: about 25 minutes on 2 cores. Run it on an
+# scripts/fuzz_http.sh), all appended to BENCHMARKS.md: about 15 minutes on 2 cores. Run it on an
 # otherwise idle machine. The HTTP and batch parts take their JPEGs from $$TINY_IMAGENET_VAL_IMAGES
 # (synthetic ones without it).
 BENCH_MODEL ?= models/model.onnx
