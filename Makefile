@@ -73,7 +73,7 @@ bench: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m bench.inference --model $(BENCH_MODEL) --write $(BENCH_OUT) \
 	  $$([ -f "$(BENCH_CHECKPOINT)" ] && echo --checkpoint $(BENCH_CHECKPOINT))
 	bash scripts/bench_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
-	$(PY) -m bench.batch --model $(BENCH_MODEL) --write $(BENCH_OUT) -n 5000 \
+	$(PY) -m bench.batch --model $(BENCH_MODEL) --write $(BENCH_OUT) \
 	  $${TINY_IMAGENET_VAL_IMAGES:+--images "$$TINY_IMAGENET_VAL_IMAGES"}
 	bash scripts/fuzz_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
 

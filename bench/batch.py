@@ -1,7 +1,7 @@
 """Batch prediction speed: the Ray Data job against the same backend in one plain process and
 against the HTTP service, on the same images, the three taking turns in rounds.
 
-    python -m bench.batch [--model models/model.onnx] [--images DIR] [-n 2000] [--rounds 3]
+    python -m bench.batch [--model models/model.onnx] [--images DIR] [-n 5000] [--rounds 3]
         [--write BENCHMARKS.md]
 
   plain  one process: serving.preprocess.decode + serving.backend.open_backend(...).predict in
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m bench.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=REPO / "models/model.onnx")
     p.add_argument("--images", type=Path, help="a folder of JPEGs (default: synthetic ones)")
-    p.add_argument("-n", type=int, default=2000, help="images per run")
+    p.add_argument("-n", type=int, default=5000, help="images per run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--write", type=Path, metavar="MD", help="append the results to this file")
     args = p.parse_args(argv)

@@ -9,7 +9,7 @@ Graph:
 - outputs `logits` (N, C) float32, `probabilities` (N, C) float32 (softmax of the logits) and
   `cam` (N, C, h, w) float32, the class-activation maps (Zhou et al., CVPR 2016, "Learning Deep
   Features for Discriminative Localization"): mean(cam[n, k]) + bias[k] = logits[n, k], in logit
-  units (export/cam.py computes the logits from the maps, so this holds in every precision).
+  units (export/graph.py computes the logits from the maps, so this holds in every precision).
 
 Forms: NAME.onnx computes in fp32; NAME.int8.onnx (ONNX Runtime) and NAME.int8.xml + .bin
 (an OpenVINO IR, its card under rt_info/IR_CARD_KEY) are its INT8 forms, each with its own card

@@ -97,7 +97,7 @@ def from_onnx(path, data) -> tuple[E.Export, object, dict]:
     bias, atol = G.head_bias(model), E.WEIGHTS_ATOL["fp32"]  # the same weights: fp32 rounding
     ref, new = E.session(source), E.session(model)
     ds, val = E.load_val(data, card.wnids) if data is not None else (None, None)
-    checks = [("random batch 64", random_images(64))] + ([("val", val[0])] if val else [])
+    checks = _inputs(val)
     parity, errors, logits = {}, [], None
     for name, x in checks:
         logits, cam = E.run_outputs(new, x, [C.OUTPUT_LOGITS, C.OUTPUT_CAM])
@@ -112,6 +112,11 @@ def from_onnx(path, data) -> tuple[E.Export, object, dict]:
     return fp32, ds, {"source": str(path), "source_sha256": file_sha256(path)}
 
 
+def _inputs(val) -> list[tuple[str, np.ndarray]]:
+    """The images a rewritten graph is checked on: a random batch, and val where given."""
+    return [("random batch 64", random_images(64))] + ([("val", val[0])] if val else [])
+
+
 def with_tta(fp32: E.Export, val, flip: bool, size: int | None) -> E.Export:
     """The fp32 model with test-time augmentation in its graph (export/graph.py `add_tta`):
     no parity to check (it answers differently on purpose), the maps' invariant still holds."""
@@ -119,7 +124,7 @@ def with_tta(fp32: E.Export, val, flip: bool, size: int | None) -> E.Export:
     model = G.add_tta(fp32.model, flip=flip, size=size)
     E.check_structure(model)
     sess = E.session(model)
-    checks = [("random batch 64", random_images(64))] + ([("val", val[0])] if val else [])
+    checks = _inputs(val)
     errors, logits = [], None
     for name, x in checks:
         logits, cam = E.run_outputs(sess, x, [C.OUTPUT_LOGITS, C.OUTPUT_CAM])

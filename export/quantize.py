@@ -171,7 +171,7 @@ def tensorrt_qdq(fp32: onnx.ModelProto, calib: np.ndarray) -> onnx.ModelProto:
             batch = next(self.batches, None)
             return None if batch is None else {C.INPUT_NAME: np.ascontiguousarray(batch)}
 
-    keep_float = [n.name for n in fp32.graph.node if n.name in float_head(fp32)]
+    keep_float = float_head(fp32)
     with tempfile.TemporaryDirectory(prefix="export-qdq-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(load_fp16(fp32), str(src))

@@ -5,8 +5,8 @@
 # max, and the least-squares slope over the second half. ONNX Runtime's arena and the allocator
 # grow early and then stay; a leak keeps climbing in the second half too.
 # Then the same for each process (server, model worker, HTTP worker): its second-half slope as a
-# share of its mean, per 10 minutes, against the bar (2%, or $BAR), and `fail` past it.
-# Pass: zero errors, every process within the bar.
+# share of its mean, per 10 minutes, against the bar (2%, or $BAR), and FAIL past it.
+# Pass (exit 0): zero errors, every process within the bar; else exit 1.
 # usage: bash scripts/soak.sh [MODEL=models/model.onnx] [SECONDS=500] [IMAGES=synthetic]
 set -euo pipefail
 model=${1:-models/model.onnx} seconds=${2:-500} images=${3:-}
@@ -72,5 +72,9 @@ awk -F '\t' 'NR == FNR {last = $1; next}
       pct = 1000 * slope / mean
       printf "  %-18s second half: %.1f -> %.1f MiB (min %.1f, max %.1f), %+.3f MiB/min = %+.2f%% per 10 min %s\n",
         p, first[p], lastm[p], min[p], max[p], slope, pct, (pct > bar ? "FAIL (bar " bar "%)" : "ok")
+      if (pct > bar) failed = 1
     }
-  }' bar="${BAR:-2}" "$samples" "$samples"
+    exit failed
+  }' bar="${BAR:-2}" "$samples" "$samples" || { echo "soak: FAIL (memory)"; exit 1; }
+grep -q '"errors": 0,' "${TMPDIR:-/tmp}/soak.json" || { echo "soak: FAIL (errors)"; exit 1; }
+echo "soak: pass"

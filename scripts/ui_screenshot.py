@@ -27,8 +27,9 @@ from pathlib import Path
 from common.cli import Parser, fail
 
 REPO = Path(__file__).resolve().parent.parent
-# As tests/test_ui.py launches it: nothing here has a GPU or QUIC, and Chromium must not call
-# Google's hosts.
+# How Chromium is launched here, by this script and by tests/test_ui.py (which imports these):
+# nothing here has a GPU or QUIC, and Chromium must not call Google's hosts. Playwright adds most
+# of these itself; listed anyway so that the launch does not depend on its defaults.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -85,8 +86,14 @@ def ready(url: str) -> bool:
         return False
 
 
-def chromium() -> str | None:
-    candidates = [os.environ.get("CHROMIUM"), shutil.which("chromium")]
+def chromium_path(playwright) -> str | None:
+    """$CHROMIUM, Debian's chromium on the PATH, or Playwright's own download if it was run."""
+    candidates = [
+        os.environ.get("CHROMIUM"),
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        playwright.chromium.executable_path,  # `playwright install chromium`
+    ]
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
@@ -145,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix.lower() != ".png":
         return fail(f"--out must be a .png file, got {args.out}")
     try:
-        import playwright  # noqa: F401
+        from playwright.sync_api import sync_playwright
     except ImportError:
         return fail("playwright is not installed (pip install -e '.[dev]')")
-    browser = chromium()
+    with sync_playwright() as p:
+        browser = chromium_path(p)
     if browser is None:
         return fail("no Chromium (apt-get install chromium, or set $CHROMIUM)")
     with (

@@ -37,7 +37,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serving.config import DEFAULT_TOP_K, MAX_TOP_K
+from serving.config import MAX_TOP_K
 from serving.routes import ApiError, error_body
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
@@ -110,7 +110,6 @@ class BatchExplanation(BaseModel):
     results: list[ExplainResult]
 
 
-__all__ = ["DEFAULT_TOP_K", "NATIVE_PREFIX", "NativeErrors", "ServerErrors", "TopK", "api_errors"]
 # One name per wnid: Tiny ImageNet's are "n" and 8 digits; other models may name them otherwise.
 Wnid = Annotated[str, Field(min_length=1, max_length=64, description="a class, as in GET /labels")]
 

@@ -211,6 +211,26 @@ _CLASS_MAP = {
 }
 _SIZE = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
 
+
+def _array(items: dict) -> dict:
+    return {"type": "array", "items": items}
+
+
+def _batch(top: dict, each: dict) -> dict:
+    """A batch answer: the model, `top`, and one result per image in order (its index, `each`,
+    or its error)."""
+    result = {
+        "type": "object",
+        "required": ["index"],
+        "properties": {"index": {"type": "integer", "minimum": 0}, **each, "error": _ERROR_DETAIL},
+    }
+    return {
+        "type": "object",
+        "required": ["model", *top, "results"],
+        "properties": {"model": _STRING, **top, "results": _array(result)},
+    }
+
+
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": _ERROR_DETAIL}},
     "Explanation": {
@@ -223,52 +243,16 @@ SCHEMAS = {
             "predictions": {"type": "array", "items": _CLASS_MAP},
         },
     },
-    "BatchExplanation": {
-        "type": "object",
-        "required": ["model", "map_size", "results"],
-        "properties": {
-            "model": _STRING,
-            "map_size": _SIZE,
-            "results": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["index"],
-                    "properties": {
-                        "index": {"type": "integer", "minimum": 0},
-                        "image_size": _SIZE,
-                        "predictions": {"type": "array", "items": _CLASS_MAP},
-                        "error": _ERROR_DETAIL,
-                    },
-                },
-            },
-        },
-    },
+    "BatchExplanation": _batch(
+        {"map_size": _SIZE}, {"image_size": _SIZE, "predictions": _array(_CLASS_MAP)}
+    ),
     "Prediction": _PREDICTION,
     "Classification": {
         "type": "object",
         "required": ["model", "predictions"],
         "properties": {"model": _STRING, "predictions": {"type": "array", "items": _PREDICTION}},
     },
-    "BatchClassification": {
-        "type": "object",
-        "required": ["model", "results"],
-        "properties": {
-            "model": _STRING,
-            "results": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["index"],
-                    "properties": {
-                        "index": {"type": "integer", "minimum": 0},
-                        "predictions": {"type": "array", "items": _PREDICTION},
-                        "error": _ERROR_DETAIL,
-                    },
-                },
-            },
-        },
-    },
+    "BatchClassification": _batch({}, {"predictions": _array(_PREDICTION)}),
     "Labels": {
         "type": "object",
         "required": ["labels"],

@@ -11,6 +11,7 @@ adaptive batching (the inner service in serving/service.py).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import re
@@ -161,6 +162,11 @@ def explain_ask(form: FormData | dict, request: Request, card) -> Ask:
         return Ask(top_k=form_top_k(form, request, DEFAULT_EXPLAIN_TOP_K))
     if "top_k" in form or "top_k" in request.query_params:
         raise ApiError(400, "conflicting_parameters", "give top_k or class, not both")
+    return class_ask(wnid, card)
+
+
+def class_ask(wnid: str, card) -> Ask:
+    """Ask for the one class `wnid`; an unknown one is refused with how to get the valid ones."""
     if wnid not in card.wnids:
         message = (
             f"unknown class {wnid[:40]!r}: give one of the model's {len(card.wnids)} wnids "
@@ -168,6 +174,12 @@ def explain_ask(form: FormData | dict, request: Request, card) -> Ask:
         )
         raise ApiError(400, "unknown_class", message)
     return Ask(wnid=wnid)
+
+
+def check_count(n: int, limit: int) -> None:
+    """A batch request holds at most `limit` images (TIN_MAX_BATCH_IMAGES)."""
+    if n > limit:
+        raise ApiError(400, "too_many_images", f"{n} images in one request; the limit is {limit}")
 
 
 def explain_format(form: FormData | dict, request: Request) -> str:
@@ -241,14 +253,10 @@ async def classify_many(svc, data: list[bytes], k: int) -> dict:
     results = [
         _error(i, d)
         if isinstance(d, ImageError)
-        else {"index": i, **_predictions(probs[i], k, svc)}
+        else {"index": i, "predictions": top_k(probs[i], k, svc.card)}
         for i, d in enumerate(decoded)
     ]
     return {"model": svc.name, "results": results}
-
-
-def _predictions(probs, k, svc) -> dict:
-    return {"predictions": top_k(probs, k, svc.card)}
 
 
 def _needs_maps(svc) -> None:
@@ -333,10 +341,7 @@ async def many_uploads(request: Request, svc, route: str) -> tuple[FormData, lis
     files = uploads(form, "images")
     if not files:
         raise ApiError(400, "missing_images", "no file in form field 'images'")
-    if len(files) > limit:
-        raise ApiError(
-            400, "too_many_images", f"{len(files)} images in one request; the limit is {limit}"
-        )
+    check_count(len(files), limit)
     return form, [await f.read() for f in files]
 
 
@@ -457,10 +462,16 @@ def content_security_policy(html: str) -> str:
     )
 
 
+@functools.cache
+def _page() -> tuple[str, dict]:
+    """The page and its headers, read and hashed once per process."""
+    html = UI.read_text()
+    return html, {"Content-Security-Policy": content_security_policy(html)}
+
+
 async def ui(request: Request) -> HTMLResponse:
     """The demo page: drop an image, see the top 5 and where the model looked."""
-    html = UI.read_text()
-    headers = {"Content-Security-Policy": content_security_policy(html)}
+    html, headers = _page()
     return HTMLResponse(html, headers=headers)
 
 

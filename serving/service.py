@@ -30,7 +30,6 @@ from serving import auth, config, openapi, traffic
 from serving.answers import Ask
 from serving.backend import open_backend, read_card
 from serving.native import (
-    DEFAULT_TOP_K,
     BatchClassification,
     BatchExplanation,
     Classification,
@@ -41,14 +40,15 @@ from serving.native import (
     Wnid,
     api_errors,
 )
+from serving.routes import app as http_app
 from serving.routes import (
-    ApiError,
+    check_count,
+    class_ask,
     classify_many,
     classify_one,
     explain_many,
     explain_one,
 )
-from serving.routes import app as http_app
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
 traffic.install()  # BentoML's request timeout, with its timer cancelled (serving/traffic.py)
@@ -159,7 +159,7 @@ class Classifier:
 
     @bentoml.api(route="/api/classify")
     @api_errors
-    async def classify(self, image: Path, top_k: TopK = DEFAULT_TOP_K) -> Classification:
+    async def classify(self, image: Path, top_k: TopK = config.DEFAULT_TOP_K) -> Classification:
         """Classify one image (multipart field `image`); the top_k most probable classes."""
         # BentoML wrote the upload to a request temp file; NativeErrors has checked its size.
         return Classification(**await classify_one(self, image.read_bytes(), top_k))
@@ -167,7 +167,7 @@ class Classifier:
     @bentoml.api(route="/api/classify_batch")
     @api_errors
     async def classify_batch(
-        self, images: list[Path], top_k: TopK = DEFAULT_TOP_K
+        self, images: list[Path], top_k: TopK = config.DEFAULT_TOP_K
     ) -> BatchClassification:
         """Classify several images, in order; an unreadable one gets an error in its place."""
         self._check_count(images)
@@ -197,18 +197,10 @@ class Classifier:
         return BatchExplanation(**await explain_many(self, data, self._ask(top_k, wnid)))
 
     def _ask(self, top_k: int, wnid: str | None) -> Ask:
-        if wnid is None:
-            return Ask(top_k=top_k)
-        if wnid not in self.card.wnids:
-            message = f"unknown class {wnid[:40]!r}: GET /labels lists the model's wnids"
-            raise ApiError(400, "unknown_class", message)
-        return Ask(wnid=wnid)
+        return Ask(top_k=top_k) if wnid is None else class_ask(wnid, self.card)
 
     def _check_count(self, images: list) -> None:
-        limit = self.settings.max_batch_images
-        if len(images) > limit:
-            message = f"{len(images)} images in one request; the limit is {limit}"
-            raise ApiError(400, "too_many_images", message)
+        check_count(len(images), self.settings.max_batch_images)
 
     def openapi(self) -> dict:
         """/docs.json: BentoML's document describes neither the mounted routes nor their

@@ -2,6 +2,8 @@
 makes its own .venv with only the serve and client extras), then every command of the next
 `sh` block and the `python` block, in order, with a real image. So the README cannot drift from
 what works again (a quickstart line once failed on a module `make serve` had not installed).
+The last block, `make test`, is checked to be there and not run: `.ci/run` runs it, and run
+here it would run this test again.
 
 The only liberties: the port (a free one instead of 3000: PORT for make, TIN_URL for the client,
 and in the commands that name it), and the files the
@@ -37,8 +39,9 @@ def blocks(text: str, section: str) -> list[tuple[str, str]]:
 
 def test_the_quickstart_has_the_commands_this_test_runs():
     code = blocks(README.read_text(), "Quickstart")
-    assert [lang for lang, _ in code] == ["sh", "sh", "python"]
+    assert [lang for lang, _ in code] == ["sh", "sh", "python", "sh"]
     assert code[0][1].split()[:2] == ["make", "serve"]
+    assert code[3][1].split()[:2] == ["make", "test"]  # .ci/run runs it; run here, it would recurse
 
 
 def fresh_copy(dest: Path) -> Path:
@@ -80,7 +83,7 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README uses curl")
 def test_the_quickstart_runs_as_written_on_a_fresh_copy(tmp_path):
-    (_, serve), (_, commands), (_, python) = blocks(README.read_text(), "Quickstart")
+    (_, serve), (_, commands), (_, python), _ = blocks(README.read_text(), "Quickstart")
     clone = fresh_copy(tmp_path / "clone")
     images = real_or_fixture_images(4)
     (clone / "cat.jpg").write_bytes(images[0])

@@ -14,10 +14,10 @@ Screenshots go to $UI_SCREENSHOT_DIR, else pytest's temporary folder: never into
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import re
-import shutil
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -26,24 +26,26 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.serving_fixtures import Server, encode, fixture_images, write_model
+from tests.serving_fixtures import REPO, Server, encode, fixture_images, write_model
+
+
+def _screenshot_script():
+    """scripts/ui_screenshot.py (not a package): its Chromium launch is the one used here."""
+    spec = importlib.util.spec_from_file_location(
+        "ui_screenshot", REPO / "scripts/ui_screenshot.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_SCRIPT = _screenshot_script()
+CHROMIUM_ARGS, chromium_path = _SCRIPT.CHROMIUM_ARGS, _SCRIPT.chromium_path
 
 PAGE = Path(__file__).resolve().parent.parent / "serving" / "ui" / "index.html"
 KEY = "ui-test-key-5d1c"
 LIMIT_MB = "0.05"  # 52,428 bytes: a 60 KB PNG is over it, every other test image under it
 LIMIT = int(float(LIMIT_MB) * 1024 * 1024)
-# Playwright adds --no-sandbox (root needs it) and the flags that keep Chromium from calling
-# Google's hosts; listed anyway so that the launch does not depend on its defaults. No GPU, no
-# QUIC: nothing here has either.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 20_000  # a page action on 2 busy cores; a hung page still fails in seconds
 DESKTOP = {"width": 1280, "height": 900}
 
@@ -161,16 +163,6 @@ def unavailable(reason: str):
     if os.environ.get("REQUIRE_BROWSER") == "1":
         pytest.fail(f"REQUIRE_BROWSER=1, but {reason}", pytrace=False)
     pytest.skip(reason)
-
-
-def chromium_path(playwright) -> str | None:
-    candidates = [
-        os.environ.get("CHROMIUM"),
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-        playwright.chromium.executable_path,  # `playwright install chromium`, if it was run
-    ]
-    return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
 @pytest.fixture(scope="session")
