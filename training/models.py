@@ -462,9 +462,21 @@ _NET = {
     4: "conv64x2 avg2 bb64x3 max2 bb128x3 max2 bb256 bb512 avg2 dropout fc",
     5: "conv64x2 avg2 bb128 max2 bb256x2 max2 bb512x2 avg2 dropout fc",
 }
+# Ebrahimi & Abadi §5, Figures 6-7: the shallow 7- and 9-layer nets whose ResNet and ConvNet
+# forms they compare. The paper gives only the depths; these are Table 1's building blocks at
+# the smallest widths, with a pool after every unit so that they train in minutes on a CPU:
+# weighted layers = 2 convs + 2 per BB + the FC, as Table 1 counts them.
+_SHALLOW = {
+    7: "conv32 avg2 conv64 avg2 bb64 avg2 bb128 avg2 fc",
+    9: "conv32 avg2 conv64 avg2 bb64 avg2 bb128 avg2 bb256 avg2 fc",
+}
 _EBRAHIMI = {
     n: ModelConfig(family="spec", spec=s, shortcut="avgpool-pad", dropout=0.5)
     for n, s in _NET.items()
+}
+_EBRAHIMI_SHALLOW = {
+    n: ModelConfig(family="spec", spec=s, shortcut="avgpool-pad", dropout=0.5)
+    for n, s in _SHALLOW.items()
 }
 
 ARCHITECTURES: dict[str, ModelConfig] = {
@@ -489,4 +501,6 @@ ARCHITECTURES: dict[str, ModelConfig] = {
     "plain34": plain_twin(_R34),
     **{f"ebrahimi-net{n}": cfg for n, cfg in _EBRAHIMI.items()},
     "ebrahimi-net6": plain_twin(_EBRAHIMI[1]),  # Table 1: Net 6 is Net 1 without shortcuts
+    **{f"ebrahimi-resnet{n}": cfg for n, cfg in _EBRAHIMI_SHALLOW.items()},
+    **{f"ebrahimi-convnet{n}": plain_twin(cfg) for n, cfg in _EBRAHIMI_SHALLOW.items()},
 }
