@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._dynamo.testing import CompileCounter
 
 from training import models as M
 from training import summary as S
@@ -316,42 +315,22 @@ def test_stochastic_depth_follows_torch_seed_and_eval_is_deterministic():
     assert [blk.runs for blk in M.residual_blocks(model)] == runs  # eval draws nothing
 
 
-def test_compile_branches_does_not_recompile_per_drop_pattern():
-    torch._dynamo.reset()
+def test_sample_mode_drops_per_image_and_keeps_state_dict_keys():
     torch.manual_seed(0)
-    model = M.build_model("resnet18", widths=(4, 8, 16, 32), stem="cifar", survival_last=0.5)
-    keys = set(model.state_dict())
-    counter = CompileCounter()
-    x = torch.randn(2, 3, 16, 16)
-    with torch._dynamo.config.patch(recompile_limit=8):
-        # Static shapes, so that each distinct piece has exactly one graph per mode.
-        M.compile_branches(model, backend=counter, dynamic=False)
-        assert set(model.state_dict()) == keys  # checkpoints need no unwrapping
-        blocks = M.residual_blocks(model)
-
-        def step():
-            model.train()
-            kept = [b.kept for b in blocks]
-            model(x).sum().backward()
-            model.eval()
-            with torch.no_grad():
-                model(x)
-            return tuple(b.kept - k for b, k in zip(blocks, kept, strict=True))
-
-        for _ in range(5):
-            step()
-        warm = counter.frame_count
-        patterns = {step() for _ in range(30)}
-        assert len(patterns) >= 10
-        assert counter.frame_count == warm
-    # One graph per distinct piece × train/eval: stem, head, 7 branch shapes (stage 1's, then a
-    # first and a later block in stages 2-4) and 3 projections. Fewer would mean pieces fell
-    # back to eager on dynamo's per-code-object recompile limit.
-    assert warm == 2 * (2 + 7 + 3)
-    eager = M.build_model(model.config)
-    eager.load_state_dict(model.state_dict())  # the trained weights and BN statistics
-    with torch.no_grad():
-        torch.testing.assert_close(model.eval()(x), eager.eval()(x))
+    batch = M.build_model("resnet18", widths=(4, 8, 16, 32), stem="cifar", survival_last=0.5)
+    sample = M.build_model(batch.config.__class__(**{**dataclasses.asdict(batch.config),
+                                                     "drop_mode": "sample"}))  # fmt: skip
+    assert set(sample.state_dict()) == set(batch.state_dict())  # checkpoints load either way
+    block = M.residual_blocks(sample)[-1]  # p_L = 0.5
+    block.train()
+    y = torch.ones(400, 3, 2, 2)
+    out = block.drop(y)
+    kept = out.flatten(1).amax(1)
+    assert set(kept.tolist()) <= {0.0, 1.0}  # whole images, unscaled (Huang's convention)
+    assert 0.4 < kept.mean().item() < 0.6
+    assert block.runs == 0  # the batch-mode counters stay outside the sample path
+    block.eval()
+    torch.testing.assert_close(block.drop(y), 0.5 * y)
 
 
 def test_plain_net_rejects_stochastic_depth():
@@ -469,8 +448,11 @@ def test_config_round_trips_through_json(name):
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: M.ModelConfig.from_dict({"depth": 34}), "valid: block, dropout, family"),
-        (lambda: M.build_model("resnet35"), "valid: ebrahimi-net1"),
+        (
+            lambda: M.ModelConfig.from_dict({"depth": 34}),
+            "valid: block, drop_mode, dropout, family",
+        ),
+        (lambda: M.build_model("resnet35"), "valid: ebrahimi-convnet7"),
         (lambda: M.build_model("resnet34", variant="f"), "valid: a, b, c, d, e"),
         (lambda: M.build_model("resnet34", stem="tiny"), "valid: imagenet, small, cifar"),
         (lambda: M.build_model("resnet34", shortcut="zero"), "valid: projection, avgpool-pad"),

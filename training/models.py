@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.config import ConfigError, check_choice, from_dict, replace
+from training.regularizers import drop_path
 from training.stochastic_depth import (
     expected_active_blocks,
     expected_active_depth,
@@ -42,6 +43,7 @@ FAMILIES = ("resnet", "spec")
 EXPANSION = {"basic": 1, "bottleneck": 4}  # He et al. 2015 Table 1
 VARIANTS = ("a", "b", "c", "d", "e")  # He et al. 2016 Figure 4 = Sun's Figure 9
 SHORTCUTS = ("projection", "avgpool-pad")
+DROP_MODES = ("batch", "sample")
 STEMS = ("imagenet", "small", "cifar")
 SPEC_TOKENS = "convW[xN], bbW[xN], avgK, maxK, dropout, and fc last"
 _SPEC_TOKEN = re.compile(r"(conv|bb)(\d+)(?:x(\d+))?|(avg|max)(\d+)|(dropout)")
@@ -62,6 +64,11 @@ class ModelConfig:
     num_classes: int = 200
     dropout: float = 0.0  # between the convs of each block (Ebrahimi & Abadi Figure 3: 0.5)
     survival_last: float = 1.0  # p_L of stochastic depth; 1.0 = off
+    # 'batch': Huang et al.'s and Sun's drop of a whole block for the batch, in eager Python (the
+    # seeds' presets). 'sample': one draw per image, masked (timm's drop_path): the same schedule
+    # in one graph under torch.compile, which data-dependent skipping cannot give (a recompile or
+    # graph break per pattern; torch.cond refuses branches that update BN statistics, torch 2.13).
+    drop_mode: str = "batch"
     zero_init_residual: bool = False  # last BN (or conv) of every branch starts at zero
     plain: bool = False  # no shortcuts: the plain-ConvNet twin
 
@@ -82,6 +89,7 @@ def _validate(c: ModelConfig) -> None:
     check_choice("variant", c.variant, VARIANTS)
     check_choice("shortcut", c.shortcut, SHORTCUTS)
     check_choice("stem", c.stem, STEMS)
+    check_choice("drop mode", c.drop_mode, DROP_MODES)
     if c.num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {c.num_classes}")
     if not 0.0 <= c.dropout < 1.0:
@@ -163,40 +171,67 @@ class PadShortcut(nn.Module):
         return F.pad(self.pool(x), (0, 0, 0, 0, 0, self.extra))
 
 
-class ResidualBlock(nn.Module):
-    """out = post(shortcut(x) + b_l·branch(x)) in training, b_l ~ Bernoulli(p_l) once per forward
-    for the whole batch; out = post(shortcut(x) + p_l·branch(x)) at test time (Sun §5.1)."""
+class DropPath(nn.Module):
+    """Stochastic depth's gate on a residual branch, a thin module over `drop_path` (as timm's
+    DropPath over drop_path). Holds p_l (`survival`) and the mode; no parameters, no buffers."""
 
-    def __init__(self, branch: Chain, shortcut: nn.Module | None, post: nn.Module, depth: int):
+    def __init__(self, survival: float = 1.0, mode: str = "batch"):
+        super().__init__()
+        self.survival, self.mode = survival, mode
+
+    def skip_branch(self) -> bool:
+        """Batch mode, training: True when the whole batch drops the block this forward."""
+        if not self.training or self.mode != "batch" or self.survival >= 1.0:
+            return False
+        # One draw from torch's RNG per block and forward (seeding torch reproduces it).
+        return not bool(torch.rand(()) < self.survival)
+
+    def forward(self, y):
+        return drop_path(y, self.survival, training=self.training, per_sample=self.mode == "sample")
+
+    def extra_repr(self) -> str:
+        return f"survival={self.survival:.4g}, mode={self.mode}"
+
+
+class ResidualBlock(nn.Module):
+    """out = post(shortcut(x) + b·branch(x)) in training, out = post(shortcut(x) + p_l·branch(x))
+    at test time (Sun §5.1). b ~ Bernoulli(p_l) once per forward for the whole batch (drop mode
+    'batch', Huang et al.: the dropped branch is never run) or once per image ('sample': one
+    graph under torch.compile, see ModelConfig.drop_mode)."""
+
+    def __init__(self, branch: Chain, shortcut: nn.Module | None, post: nn.Module, depth: int,
+                 drop_mode: str = "batch"):  # fmt: skip
         super().__init__()
         self.branch = branch
         self.shortcut = shortcut
         self.post = post
-        self.survival = 1.0  # p_l, set by build_model from training/stochastic_depth.py
+        self.drop = DropPath(1.0, drop_mode)  # p_l set by build_model (training/stochastic_depth)
         self.depth = depth  # weighted layers in the branch (2 basic, 3 bottleneck)
-        self.runs = 0  # training forwards seen, and how many ran the branch: plain Python
-        self.kept = 0  # counters, outside any compiled graph (see depth_stats)
+        self.runs = 0  # batch mode: training forwards seen, and how many ran the branch. Plain
+        self.kept = 0  # Python, only touched in eager batch mode (see depth_stats)
+
+    @property
+    def survival(self) -> float:
+        return self.drop.survival
+
+    @survival.setter
+    def survival(self, p: float) -> None:
+        self.drop.survival = p
 
     def forward(self, x):
         if self.shortcut is None:  # plain twin: no addition at all
             return self.post(self.branch(x))
         identity = self.shortcut(x)
-        if self.training:
+        if self.training and self.drop.mode == "batch" and self.survival < 1.0:
             self.runs += 1
-            # One draw from torch's RNG per block and forward (seeding torch reproduces it). A
-            # dropped block never calls its branch: that is where the ~25% time saving of Sun's
-            # Table 2 comes from, which a multiplied mask would not give.
-            if self.survival < 1.0 and not bool(torch.rand(()) < self.survival):
+            # A dropped block never calls its branch: the ~25% time saving of Sun's Table 2.
+            if self.drop.skip_branch():
                 return self.post(identity)
             self.kept += 1
-            return self.post(identity + self.branch(x))
-        y = self.branch(x)
-        if self.survival < 1.0:
-            y = y * self.survival  # test-time recalibration: E[b_l] = p_l (Sun §5.1)
-        return self.post(identity + y)
+        return self.post(identity + self.drop(self.branch(x)))
 
     def extra_repr(self) -> str:
-        return f"survival={self.survival:.4g}, depth={self.depth}"
+        return f"depth={self.depth}"
 
 
 class Net(nn.Module):
@@ -223,26 +258,61 @@ def relu() -> nn.ReLU:
     return nn.ReLU()
 
 
-def _around_conv(variant: str, conv: nn.Conv2d, last: bool) -> tuple[list, list]:
-    """The ops before and after one conv of a branch, for unit `variant` (Sun's Figure 9)."""
-    if variant == "d":  # ReLU-only pre-activation: relu-conv-bn
-        return [relu()], [nn.BatchNorm2d(conv.out_channels)]
-    if variant == "e":  # full pre-activation: bn-relu-conv
-        return [nn.BatchNorm2d(conv.in_channels), relu()], []
-    after = [nn.BatchNorm2d(conv.out_channels), relu()]  # conv-bn-relu between the convs
-    if last:  # (a) bn, then add, then relu; (b) add, then bn-relu; (c) bn-relu, then add
-        after = {"a": after[:1], "b": [], "c": after}[variant]
-    return [], after
+# The residual function f of each unit of Sun's Figure 9 (He et al. 2016 Figure 4), for a list
+# of convs (two 3×3 in a basic block, 1×1-3×3-1×1 in a bottleneck), read top to bottom. Dropout
+# (Ebrahimi & Abadi Figure 3) sits right before every conv but the first.
+
+
+def _drop(i: int, p: float) -> list[nn.Module]:
+    return [nn.Dropout(p)] if i > 0 and p > 0 else []
+
+
+def _branch_post_act(convs: list[nn.Conv2d], dropout: float, tail: list) -> list[nn.Module]:
+    """Units (a)-(c): conv-bn-relu between the convs; the last conv is followed by `tail`."""
+    layers = []
+    for i, conv in enumerate(convs):
+        layers += [*_drop(i, dropout), conv]
+        last = i == len(convs) - 1
+        layers += tail(conv.out_channels) if last else [nn.BatchNorm2d(conv.out_channels), relu()]
+    return layers
+
+
+def branch_a(convs, dropout):
+    """(a) original: ... conv-bn; the ReLU comes after the addition (make_post)."""
+    return _branch_post_act(convs, dropout, lambda c: [nn.BatchNorm2d(c)])
+
+
+def branch_b(convs, dropout):
+    """(b) BN after addition: ... conv; BN-ReLU come after the addition (make_post)."""
+    return _branch_post_act(convs, dropout, lambda c: [])
+
+
+def branch_c(convs, dropout):
+    """(c) ReLU before addition: ... conv-bn-relu, then the addition."""
+    return _branch_post_act(convs, dropout, lambda c: [nn.BatchNorm2d(c), relu()])
+
+
+def branch_d(convs, dropout):
+    """(d) ReLU-only pre-activation: relu-conv-bn for every conv."""
+    layers = []
+    for i, conv in enumerate(convs):
+        layers += [relu(), *_drop(i, dropout), conv, nn.BatchNorm2d(conv.out_channels)]
+    return layers
+
+
+def branch_e(convs, dropout):
+    """(e) full pre-activation: bn-relu-conv for every conv."""
+    layers = []
+    for i, conv in enumerate(convs):
+        layers += [nn.BatchNorm2d(conv.in_channels), relu(), *_drop(i, dropout), conv]
+    return layers
+
+
+BRANCHES = {"a": branch_a, "b": branch_b, "c": branch_c, "d": branch_d, "e": branch_e}
 
 
 def make_branch(convs: list[nn.Conv2d], variant: str, dropout: float) -> Chain:
-    layers = []
-    for i, conv in enumerate(convs):
-        before, after = _around_conv(variant, conv, last=i == len(convs) - 1)
-        # Ebrahimi & Abadi Figure 3: dropout right before the second conv of the basic block.
-        drop = [nn.Dropout(dropout)] if i > 0 and dropout > 0 else []
-        layers += [*before, *drop, conv, *after]
-    return Chain(*layers)
+    return Chain(*BRANCHES[variant](convs, dropout))
 
 
 def make_post(variant: str, channels: int) -> nn.Module:
@@ -274,6 +344,7 @@ def make_block(cfg: ModelConfig, cin: int, width: int, stride: int) -> ResidualB
         make_shortcut(cfg, cin, cout, stride),
         make_post(cfg.variant, cout),
         depth=len(convs),
+        drop_mode=cfg.drop_mode,
     )
 
 
@@ -393,6 +464,11 @@ def weighted_layers(model: nn.Module) -> int:
     return count(model) - shortcuts
 
 
+def counted(block: ResidualBlock) -> bool:
+    """Whether the block's forwards are counted: stochastic depth dropping whole blocks."""
+    return block.drop.mode == "batch" and block.survival < 1.0
+
+
 def depth_stats(model: nn.Module, *, reset: bool = False) -> dict[str, float]:
     """Sun's Table 2: blocks and depth, their expectation under stochastic depth, and the
     empirical averages over the training forwards since the last reset (NaN before any)."""
@@ -400,7 +476,9 @@ def depth_stats(model: nn.Module, *, reset: bool = False) -> dict[str, float]:
     p = [b.survival for b in blocks]
     d = [b.depth for b in blocks]
     fixed = weighted_layers(model) - sum(d)
-    rate = [b.kept / b.runs if b.runs else math.nan for b in blocks]
+    # Counted where blocks are dropped whole (eager); elsewhere (no stochastic depth, or a
+    # per-sample mask, which keeps the compiled graph free of Python counters) the expectation.
+    rate = [b.kept / b.runs if b.runs else math.nan if counted(b) else b.survival for b in blocks]
     stats = {
         "blocks": float(len(blocks)),
         "depth": float(fixed + sum(d)),
@@ -413,39 +491,6 @@ def depth_stats(model: nn.Module, *, reset: bool = False) -> dict[str, float]:
         for b in blocks:
             b.runs = b.kept = 0
     return stats
-
-
-def compiled_parts(model: nn.Module) -> list[nn.Module]:
-    """What compile_branches compiles: stems, heads, branches and non-identity shortcuts."""
-    parts = []
-    for m in model.modules():
-        if isinstance(m, Net):
-            parts += [part for part in (m.stem, m.head) if len(part)]
-        elif isinstance(m, ResidualBlock):
-            parts.append(m.branch)
-            if m.shortcut is not None and not isinstance(m.shortcut, nn.Identity):
-                parts.append(m.shortcut)
-    return parts
-
-
-def compile_branches(model: nn.Module, **compile_kwargs) -> nn.Module:
-    """torch.compile each branch (and stem, head, shortcut) separately, in place.
-
-    The drop decision of stochastic depth stays in eager Python between compiled pieces, so the
-    set of graphs is the set of distinct piece shapes × train/eval, whatever the pattern of
-    dropped blocks (compiling the whole net would specialise on the pattern: 2^L graphs). Branches
-    of one shape share a graph. `Module.compile` keeps state_dict keys unchanged, so checkpoints
-    and EMA copies need no unwrapping.
-    """
-    parts = compiled_parts(model)
-    # All Chains share one forward code object, and dynamo caps the graphs per code object
-    # (recompile_limit, 8 by default; beyond it, silently eager). Give each piece the budget it
-    # would have with code of its own.
-    cfg = torch._dynamo.config
-    cfg.recompile_limit = max(cfg.recompile_limit, 8 * len(parts))
-    for part in parts:
-        part.compile(**compile_kwargs)
-    return model
 
 
 # --- the registry --------------------------------------------------------------------------------

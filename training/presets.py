@@ -25,6 +25,10 @@ from training.schedule import ScheduleConfig
 class DataConfig:
     classes: int | None = None  # first K classes of wnids.txt (None: all 200)
     per_class: int | None = None  # at most M images per class and split (None: all)
+    # Images held out of train (a seeded random slice) and evaluated each epoch for the curves and
+    # best.pt; val is then evaluated once, at the end, so nothing is selected on it. 0: the
+    # seeds' way, val each epoch.
+    holdout: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ class RunConfig:
     # native, train.resolve_bf16 runs fp32 instead, with a warning: emulated, it was ~15x slower.
     bf16: bool = True
     channels_last: bool = True
-    # CUDA only: per-branch torch.compile (training/models.py). Off by default: on one H100
-    # (torch 2.11) the `final` SGD step ran 11,775 img/s eager and 6,376 compiled per branch
-    # (scripts/gpu/step_profile.py, README), and compiling costs a minute of the budget.
+    # torch.compile of the model and loss as one graph (fullgraph: a graph break is an error),
+    # forward and backward; needs model.drop_mode 'sample' with stochastic depth. Off by default:
+    # on a CPU compiling costs more than a seed's run gains, and per-branch compiling once
+    # halved an H100's speed (11,775 -> 6,376 img/s, docs/LOG.md 2026-11-23).
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's: default, reduce-overhead (CUDA graphs), ...
     checkpoint_minutes: float = 5.0  # `last.pt` at least this often, and at each epoch's end
     eval_batch_size: int = 500
 
@@ -153,28 +159,44 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     },
     "final": (
         "Ours, for the shipped model: ResNet-34 (e) with the 3x3 stem + max-pool (32x32 maps), "
-        "stochastic depth, heavy augmentation, label smoothing, cutmix/mixup, EMA, one-cycle; "
-        "sized for 20 minutes of one H100 (goal: >= 70% val top-1)",
+        "per-sample stochastic depth, heavy augmentation, label smoothing, EMA, linear decay to "
+        "zero, 56 then 64 px, one compiled graph; sized for 8 minutes of one H200 (goal: >= 70% "
+        "val top-1)",
         TrainConfig(
-            model=arch("resnet34", variant="e", stem="small", survival_last=0.8),
-            augment=AugmentConfig(preset="heavy"),
+            # Sun §6-7's model (unit (e), stochastic depth) with 4x the maps of his stem. Drop
+            # per sample: one graph under torch.compile (ModelConfig.drop_mode).
+            model=arch(
+                "resnet34", variant="e", stem="small", survival_last=0.8, drop_mode="sample"
+            ),
+            augment=AugmentConfig(preset="heavy"),  # Sun §6
+            # Curves and best.pt from 2,500 images held out of train; val is read once, at the end.
+            data=DataConfig(holdout=2_500),
             optim=OptimConfig(
-                batch_size=256,
+                # Batch 1024 with the learning rate scaled linearly (Goyal et al. 2017, as the ffcv
+                # ImageNet ResNet recipes train): a quarter of the steps of batch 256, so a quarter
+                # of the per-step launch and optimizer cost.
+                batch_size=1024,
                 nesterov=True,
                 weight_decay=5e-4,
                 no_decay_bn_bias=True,
+                # Label smoothing and weight averaging pay at short budgets. No mixup or CutMix:
+                # their gains are measured at 200-400 epochs (Zhang et al. 2018; Yun et al. 2019)
+                # and at ~90 they cost ResNet-50 1-2 points; ~100 epochs here, where Sun's heavy
+                # augmentation and stochastic depth already regularise.
                 label_smoothing=0.1,
-                mixup=0.2,
-                cutmix=1.0,
-                mix_prob=0.5,
-                ema=0.999,
+                ema=0.997,  # a half-life of ~2.4 epochs at 95 steps an epoch
             ),
-            # Peak lr 0.2: at 0.4 the EMA weights' val error swung 72% -> 96% -> 72% while the
-            # peak lasted; at 0.2 the curve is smooth (docs/LOG.md).
-            schedule=ScheduleConfig(name="onecycle", lr=0.2, warmup=0.15),
-            # Anneals to whichever ends first, 120 epochs or 20 minutes: one H100 ran 8,600 to
-            # 12,900 img/s eager, where 120 epochs take 23 to 15.5 minutes.
-            run=RunConfig(epochs=120, time_limit=20),
+            # 0.2 per 256 images (the 2026-11-23 run: 0.4 swung the EMA's val error) × 4. Linear
+            # decay to zero at the end of the budget (Li et al., "Budgeted Training", ICLR 2020)
+            # after a 10% warm-up; 56 px for the first 75% of the time, then 64 (progressive
+            # resizing as in the ffcv recipes; the test side then exceeds the train side, which
+            # Touvron et al.'s "FixRes" finds helps with random-resized crops).
+            schedule=ScheduleConfig(
+                name="onecycle", lr=0.8, warmup=0.1, low_res=56, low_res_until=0.75
+            ),
+            # The clock ends the run (8 minutes: scripts/gpu/lease.py's plan), annealed exactly
+            # then; 200 epochs is only a bound.
+            run=RunConfig(epochs=200, time_limit=8, compile=True),
         ),
     ),
     "cpu-baseline": (

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 
 def _partner(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    return torch.from_numpy(rng.permutation(x.shape[0])).to(x.device, non_blocking=True)
+    # The batch reversed, as timm's Mixup pairs images: the batch is already in random order, and
+    # an index made on the host would be a host-to-device copy, which syncs the GPU every step.
+    return torch.arange(x.shape[0] - 1, -1, -1, device=x.device)
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator):
@@ -49,13 +51,33 @@ def mix_batch(x, y, *, mixup_alpha: float, cutmix_alpha: float, prob: float, rng
     return fn(x, y, alpha, rng)
 
 
-def mixed_cross_entropy(logits, y_a, y_b, lam: float, label_smoothing: float = 0.0):
-    """Cross-entropy against the blend of two label sets, as mixup and cutmix need."""
+def mixed_cross_entropy(logits, y_a, y_b, lam, label_smoothing: float = 0.0):
+    """Cross-entropy against the blend of two label sets, as mixup and cutmix need. `lam` is a
+    float or a 0-d tensor; no branch on it, so that one compiled graph serves mixed and unmixed
+    steps (an unmixed step has y_b = y_a: the second term costs one more 200-way softmax)."""
     loss_a = F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
-    if lam == 1.0:
-        return loss_a
     loss_b = F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
     return lam * loss_a + (1 - lam) * loss_b
+
+
+def drop_path(y: torch.Tensor, survival: float, *, training: bool, per_sample: bool):
+    """Stochastic depth on a residual branch's output y (Huang et al. 2016 §3, Sun §5.1), in
+    Huang's convention (timm's divides by p in training instead; the export folds p into the
+    branch at test time, so this one keeps it there):
+
+      test time             y·p   (E[b] = p)
+      training, per_sample  y·b_i with b_i ~ Bernoulli(p) per image: no data-dependent Python,
+                            so the whole step stays one graph under torch.compile
+      training, per batch   y     (the caller dropped the whole block, or kept it)
+    """
+    if survival >= 1.0:
+        return y
+    if not training:
+        return y * survival
+    if not per_sample:
+        return y
+    keep = torch.rand((y.shape[0],) + (1,) * (y.dim() - 1), device=y.device) < survival
+    return y * keep.to(y.dtype)
 
 
 @torch.no_grad()
@@ -63,5 +85,5 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     """ema ← decay·ema + (1−decay)·model for parameters; buffers (BN statistics) are copied."""
     ema_p, model_p = list(ema.parameters()), [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(ema_p, model_p, 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
+    # One foreach copy, not one kernel per BN buffer (~70 launches a step on ResNet-34).
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))

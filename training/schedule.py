@@ -25,11 +25,20 @@ class ScheduleConfig:
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
     final: float = 0.0  # cosine/onecycle end value as a share of `lr`
+    # Progressive resizing (the ffcv ImageNet recipes): train at `low_res` px until this share of
+    # the run, then at the full 64 px. 0 = off. Evaluation and serving always see 64 px.
+    low_res: int = 0
+    low_res_until: float = 0.0
 
     def __post_init__(self):
         check_choice("schedule", self.name, SCHEDULES)
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup must be a share of the run in [0, 1), got {self.warmup}")
+        if self.low_res < 0 or not 0 <= self.low_res_until <= 1:
+            raise ConfigError(
+                f"low_res must be >= 0 px and low_res_until a share in [0, 1], got "
+                f"{self.low_res}, {self.low_res_until}"
+            )
 
 
 def lr_at(cfg: ScheduleConfig, progress: float) -> float:
@@ -50,3 +59,15 @@ def lr_at(cfg: ScheduleConfig, progress: float) -> float:
     # cosine, from the end of warm-up to the end of the run
     s = (t - cfg.warmup) / (1 - cfg.warmup)
     return cfg.lr * (cfg.final + (1 - cfg.final) * 0.5 * (1 + math.cos(math.pi * s)))
+
+
+def image_size_at(cfg: ScheduleConfig, progress: float, full: int) -> int:
+    """The training image side at `progress`: `low_res` until `low_res_until`, then `full`."""
+    if cfg.low_res and progress < cfg.low_res_until:
+        return cfg.low_res
+    return full
+
+
+def image_sizes(cfg: ScheduleConfig, full: int) -> tuple[int, ...]:
+    """Every side the run trains at, in order (what a warm-up compiles before the data comes)."""
+    return (cfg.low_res, full) if cfg.low_res and cfg.low_res_until > 0 else (full,)

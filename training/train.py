@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +36,16 @@ from training.config import ConfigError, parse_overrides, replace, to_dict
 from training.data import DataError
 from training.device import bf16_supported, resolve_device
 from training.evaluate import predict, topk_errors
-from training.models import build_model, compile_branches, depth_stats
+from training.models import build_model, depth_stats
 from training.regularizers import ema_update, mix_batch, mixed_cross_entropy
-from training.schedule import lr_at
+from training.schedule import image_size_at, image_sizes, lr_at
+from training.warmup import (
+    images_per_second,
+    matmul_peak,
+    synthetic_batch,
+    train_flops,
+    warm_up,
+)
 
 
 def resolve_bf16(cfg: P.TrainConfig, device: torch.device) -> P.TrainConfig:
@@ -101,6 +109,8 @@ def build_state(cfg: P.TrainConfig, device: torch.device) -> State:
         lr=cfg.schedule.lr,
         momentum=o.momentum,
         nesterov=o.nesterov,
+        # One fused kernel for the whole update on CUDA; foreach (a few kernels) elsewhere.
+        fused=device.type == "cuda" or None,
     )
     ema = copy.deepcopy(model).eval() if o.ema > 0 else None
     gen = torch.Generator(device).manual_seed(cfg.run.seed)
@@ -109,7 +119,7 @@ def build_state(cfg: P.TrainConfig, device: torch.device) -> State:
 
 def restore(state: State, ckpt: dict) -> None:
     """Load a `last.pt` back into `state`, RNG streams included."""
-    state.model.load_state_dict(ckpt["model"])
+    unwrap(state.model).load_state_dict(ckpt["model"])  # DDP wraps it before the restore
     state.opt.load_state_dict(ckpt["optimizer"])
     if state.ema is not None:
         state.ema.load_state_dict(ckpt["ema"])
@@ -168,18 +178,33 @@ def unwrap(model):
 # --- the loop ----------------------------------------------------------------------------------
 
 
+def holdout_split(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices: a seeded random slice of `holdout` images out of n."""
+    if not 0 <= holdout < n:
+        raise ConfigError(f"data.holdout must be in [0, {n}) for {n} training images")
+    perm = np.random.default_rng([seed, n]).permutation(n)
+    return np.sort(perm[holdout:]), np.sort(perm[:holdout])
+
+
 def load_data(cfg: P.TrainConfig, path, device: torch.device):
-    """The dataset, and its training images and labels on `device` (uint8, 1.2 GB for all)."""
-    from training.data import load
+    """The dataset, its training images and labels on `device` (uint8, 1.2 GB for all), and the
+    split evaluated each epoch: the held-out slice of train (data.holdout), else val."""
+    from training.data import Split, load
 
     ds = load(path, classes=cfg.data.classes, per_class=cfg.data.per_class)
+    xs, ys, monitor = ds.train.x, ds.train.y, ds.val
+    if cfg.data.holdout:
+        keep, held = holdout_split(len(ys), cfg.data.holdout, cfg.run.seed)
+        files = tuple(ds.train.files[i] for i in held)
+        monitor = Split(np.ascontiguousarray(xs[held]), np.asarray(ys[held]), files)
+        xs, ys = xs[keep], ys[keep]
     with warnings.catch_warnings():  # the read-only memmap is shared, never written: no copy
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        x = torch.from_numpy(ds.train.x).to(device)
-    y = torch.from_numpy(np.ascontiguousarray(ds.train.y)).to(device)
+        x = torch.from_numpy(xs).to(device)
+    y = torch.from_numpy(np.ascontiguousarray(ys)).to(device)
     if len(y) < cfg.optim.batch_size:
         raise ValueError(f"batch size {cfg.optim.batch_size} exceeds the {len(y)} training images")
-    return ds, x, y
+    return ds, x, y, monitor
 
 
 def next_batch(state: State, x, y, batch_size: int, rank: int = 0, world: int = 1):
@@ -207,19 +232,57 @@ def augment_generator(state: State, cfg: P.TrainConfig, rank: int, world: int):
     return torch.Generator(state.gen.device).manual_seed(int(seed))
 
 
-def train_step(state: State, fwd, augment, xb, yb, cfg: P.TrainConfig, lr: float, gen=None):
-    """One SGD step; returns the loss and logits, still on the device (no host sync)."""
+def make_forward_loss(model: torch.nn.Module, cfg: P.TrainConfig, world: int = 1):
+    """(x, y_a, y_b, lam) → (loss, logits): the model and its loss, as ONE graph under
+    run.compile (forward, and through AOTAutograd the backward): static shapes (the last partial
+    batch is dropped; each image side of the schedule compiles once), `lam` a 0-d tensor so that
+    no value recompiles, stochastic depth per sample (drop_mode 'sample') so that no drop
+    pattern does. fullgraph=True makes any graph break an error instead of a silent slowdown;
+    under DDP, whose optimizer splits the graph at its buckets, it is left off."""
+    o = cfg.optim
+
+    def forward_loss(x, y_a, y_b, lam):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.run.bf16):
+            logits = model(x)
+        return mixed_cross_entropy(logits.float(), y_a, y_b, lam, o.label_smoothing), logits
+
+    if not cfg.run.compile:
+        return forward_loss
+    if cfg.model.survival_last < 1 and cfg.model.drop_mode != "sample":
+        raise ConfigError(
+            "run.compile needs model.drop_mode 'sample' with stochastic depth: dropping whole "
+            "blocks decides in Python, which breaks the graph (valid drop modes: batch, sample)"
+        )
+    mode = None if cfg.run.compile_mode == "default" else cfg.run.compile_mode
+    return torch.compile(forward_loss, fullgraph=world == 1, dynamic=False, mode=mode)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Progressive resizing: the augmented batch at `size` px (antialiased, as a photo shrinks)."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def train_step(
+    state: State, fwd, augment, xb, yb, cfg: P.TrainConfig, lr: float, gen=None, size=None
+):
+    """One SGD step; returns the loss and logits, still on the device (no host sync: the draws
+    are on the device or plain Python numbers, nothing is read back)."""
     for group in state.opt.param_groups:
         group["lr"] = lr
     xa = augment(xb, state.gen if gen is None else gen)
+    if size is not None:
+        xa = resize(xa, size)
     o = cfg.optim
     rng = np.random.default_rng([cfg.run.seed, state.step])  # a pure function of the step
     xa, y_a, y_b, lam = mix_batch(
         xa, yb, mixup_alpha=o.mixup, cutmix_alpha=o.cutmix, prob=o.mix_prob, rng=rng
     )
-    with torch.autocast(xa.device.type, dtype=torch.bfloat16, enabled=cfg.run.bf16):
-        logits = fwd(xa)
-    loss = mixed_cross_entropy(logits.float(), y_a, y_b, lam, o.label_smoothing)
+    if y_b is y_a:  # an unmixed step: the compiled graph guards on its inputs not aliasing
+        y_b = y_a.clone()
+    # torch.full writes the value in a kernel: no host-to-device copy (which would sync).
+    loss, logits = fwd(xa, y_a, y_b, torch.full((), lam, device=xa.device))
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
     state.opt.step()
@@ -235,23 +298,39 @@ def accumulate(meter: dict, loss, logits, y) -> None:
         ("loss", loss * len(y)),
         ("top1", top5[:, 0].sum()),
         ("top5", top5.any(1).sum()),
-        ("n", torch.tensor(len(y), device=y.device)),
     ):
         meter[key] = meter.get(key, 0) + value.float()
+    meter["n"] = meter.get("n", 0) + len(y)  # a host number: a device tensor would be a copy
 
 
-def evaluate_val(model, ds, device, cfg: P.TrainConfig) -> dict:
+def evaluate_split(model, split, ds, device, cfg: P.TrainConfig) -> dict:
     logits = predict(
         model,
-        ds.val.x,
+        split.x,
         ds.mean,
         ds.std,
         device=device,
         bf16=cfg.run.bf16,
         batch_size=cfg.run.eval_batch_size,
     )
-    y = torch.from_numpy(np.asarray(ds.val.y))
+    y = torch.from_numpy(np.asarray(split.y))
     return {**topk_errors(logits, y), "loss": F.cross_entropy(logits, y).item()}
+
+
+def monitor_name(cfg: P.TrainConfig) -> str:
+    """What each epoch's row is evaluated on: 'heldout' (a slice of train) or 'val'."""
+    return "heldout" if cfg.data.holdout else "val"
+
+
+def evaluate_val_once(state: State, cfg: P.TrainConfig, ds, device, out: Path) -> dict:
+    """A held-out run's one look at val, at its end (its last weights: nothing picked by val),
+    added to its last metrics row and kept in val.json."""
+    val = evaluate_split(unwrap(state.ema or state.model), ds.val, ds, device, cfg)
+    row = state.history[-1]
+    row.update({f"val_{k}": v for k, v in val.items()})
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.history))
+    (out / "val.json").write_text(json.dumps({"step": state.step, **val}, indent=1) + "\n")
+    return row
 
 
 class DivergedError(RuntimeError):
@@ -276,13 +355,16 @@ def ensure_finite(state: State, cfg: P.TrainConfig) -> None:
 
 
 def end_epoch(
-    state: State, cfg: P.TrainConfig, ds, device, out: Path, preset, lr: float, per_epoch: int
+    state: State, cfg: P.TrainConfig, data, device, out: Path, preset, lr: float, per_epoch: int
 ) -> dict:
-    """Evaluate, log a metrics row, redraw the curves and checkpoint `last` (and `best`)."""
+    """Evaluate the monitored split, log a metrics row, redraw the curves and checkpoint `last`
+    (and `best`, by that split: never by val when a slice of train is held out)."""
+    ds, monitor = data
     ensure_finite(state, cfg)
     m = {k: float(v) for k, v in state.meter.items()}
     n = max(m.get("n", 0.0), 1.0)
-    val = evaluate_val(unwrap(state.ema or state.model), ds, device, cfg)
+    val = evaluate_split(unwrap(state.ema or state.model), monitor, ds, device, cfg)
+    name = monitor_name(cfg)
     row = {
         "epoch": round(state.step / per_epoch, 3),
         "step": state.step,
@@ -290,9 +372,9 @@ def end_epoch(
         "train_loss": m.get("loss", 0.0) / n,
         "train_top1_error": 1 - m.get("top1", 0.0) / n,
         "train_top5_error": 1 - m.get("top5", 0.0) / n,
-        "val_loss": val["loss"],
-        "val_top1_error": val["top1_error"],
-        "val_top5_error": val["top5_error"],
+        f"{name}_loss": val["loss"],
+        f"{name}_top1_error": val["top1_error"],
+        f"{name}_top5_error": val["top5_error"],
         "img_per_s": n / max(m.get("seconds", 0.0), 1e-9),
         "seconds": round(state.elapsed, 1),
         **depth_stats(unwrap(state.model)),
@@ -318,7 +400,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val"):
+    monitored = "heldout" if "heldout_loss" in history[0] else "val"
+    for split in ("train", monitored):
         ax1.plot(epochs, [r[f"{split}_loss"] for r in history], label=split)
         ax2.plot(epochs, [r[f"{split}_top1_error"] for r in history], label=f"{split} top-1")
         ax2.plot(epochs, [r[f"{split}_top5_error"] for r in history], "--", label=f"{split} top-5")
@@ -346,17 +429,15 @@ def setup_distributed() -> tuple[int, int, torch.device | None]:
 
 
 def prepare_forward(state: State, cfg: P.TrainConfig, device: torch.device, world: int):
-    """Compile (CUDA only: on CPU compiling costs more than a short run gains) and wrap for DDP."""
-    if cfg.run.compile and device.type == "cuda":
-        compile_branches(state.model)
+    """Wrap for DDP, then the model and loss as one step function (compiled under run.compile)."""
     if world > 1:
-        # Blocks dropped by stochastic depth get no gradient in that step: DDP must be told.
+        # Blocks dropped for the whole batch get no gradient in that step: DDP must be told.
         state.model = torch.nn.parallel.DistributedDataParallel(
             state.model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.model.survival_last < 1,
+            find_unused_parameters=cfg.model.survival_last < 1 and cfg.model.drop_mode == "batch",
         )
-    return state.model
+    return make_forward_loss(state.model, cfg, world)
 
 
 def agree(values: list, group) -> list:
@@ -436,6 +517,85 @@ class RunExistsError(FileExistsError):
     pass
 
 
+def synthetic_step(state: State, fwd, cfg: P.TrainConfig, device) -> Callable[[int], int]:
+    """step_at(size): one training step on random images at `size` px (for warmup.warm_up)."""
+    xb = synthetic_batch(cfg.optim.batch_size, device)
+    yb = torch.arange(cfg.optim.batch_size, device=device) % cfg.model.num_classes
+    augment = Augment(cfg.augment, (120.0, 115.0, 100.0), (60.0, 60.0, 60.0))
+    gen = torch.Generator(device).manual_seed(cfg.run.seed + 1)  # not the run's stream
+
+    def step_at(size: int) -> int:
+        train_step(state, fwd, augment, xb, yb, cfg, cfg.schedule.lr, gen, size)
+        return len(yb)
+
+    return step_at
+
+
+SPEED_FLIPS = {  # the GPU speed table's training rows: one setting flipped at a time, eager
+    "eager": {"run": {"compile": False}},
+    "eager, fp32": {"run": {"compile": False, "bf16": False}},
+    "eager, NCHW": {"run": {"compile": False, "channels_last": False}},
+    "eager, no stochastic depth": {"run": {"compile": False}, "model": {"survival_last": 1.0}},
+}
+
+
+def speed_rows(cfg: P.TrainConfig, device, stop: Callable[[], bool], steps: int = 10) -> list:
+    """img/s of `cfg` with each of SPEED_FLIPS, on fresh models, until `stop()` says the data has
+    come (the rows are optional: training never waits for them)."""
+    rows = []
+    for name, flip in SPEED_FLIPS.items():
+        if stop():
+            break
+        c = replace(cfg, **flip)
+        state = build_state(c, device)
+        step_at = synthetic_step(state, make_forward_loss(state.model, c), c, device)
+        rate = images_per_second(lambda f=step_at: f(64), c.optim.batch_size, device, 2, steps)
+        rows.append({"setting": name, "img_per_s": round(rate, 1)})
+    return rows
+
+
+def wait_for_data(path, minutes: float, warm: Callable[[Callable[[], bool]], None]) -> None:
+    """Until the file at `path` exists (the lease's last data call moves it there whole): run
+    `warm(arrived)` first, then poll; a DataError after `minutes`."""
+    path = Path(path)
+    if path.exists():
+        return
+    deadline = time.monotonic() + minutes * 60
+    warm(path.exists)
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise DataError(f"no data at {path} after waiting {minutes:g} min (--wait-for-data)")
+        time.sleep(1)
+
+
+def warm_and_measure(state, fwd, cfg, device, out: Path, arrived) -> None:
+    """Compile every image side on synthetic batches, then time the speed table's rows; both go
+    to out/speed.json with the measured bf16 matmul peak and each row's share of it."""
+    sizes = image_sizes(cfg.schedule, 64)
+    warm = warm_up(state, synthetic_step(state, fwd, cfg, device), sizes, device)
+    peak = matmul_peak(device)
+    flops = {size: train_flops(unwrap(state.model), size) for size in sizes}
+    table = [{"setting": "as configured", "img_per_s": warm["img_per_s"][64]}]
+    table += speed_rows(cfg, device, arrived)
+    for row in table:
+        row["share_of_bf16_peak"] = round(row["img_per_s"] * flops[64] / peak, 4)
+    record = {"device": str(device), "bf16_matmul_tflops": round(peak / 1e12, 1), **warm}
+    record["rows"] = table
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def time_budget(cfg: P.TrainConfig, elapsed: float, finish_by: float | None) -> float | None:
+    """Seconds the whole run may take: run.time_limit, cut so that it ends by the wall-clock
+    time `finish_by` (a lease's plan) whatever the warm-up and data took."""
+    limit = cfg.run.time_limit * 60 if cfg.run.time_limit else None
+    if finish_by is None:
+        return limit
+    left = elapsed + max(finish_by - time.time(), 1.0)
+    return min(limit, left) if limit else left
+
+
 def train(
     cfg: P.TrainConfig,
     data,
@@ -445,8 +605,14 @@ def train(
     resume: bool = False,
     device: str | None = None,
     progress: bool | None = None,
+    wait_minutes: float = 0.0,
+    finish_by: float | None = None,
 ) -> dict:
-    """Train `cfg` on the dataset at `data` into `out`; return the last metrics row."""
+    """Train `cfg` on the dataset at `data` into `out`; return the last metrics row.
+
+    wait_minutes: if `data` is not there yet, compile and measure on synthetic batches while it
+    comes (warm_and_measure), then wait for it this long at most. finish_by: a wall-clock time
+    (time.time()) by which the schedule ends (time_budget)."""
     rank, world, dist_device = setup_distributed()
     device = resolve_device(dist_device or device)
     if cfg.optim.batch_size % world:
@@ -460,11 +626,22 @@ def train(
     last = out / "last.pt"
     if last.exists() and not resume:
         raise RunExistsError(f"{out} already holds a run: pass --resume, or choose a new --out")
+    if cfg.data.classes:  # the head's size before the data is read (a warm-up needs the model)
+        cfg = replace(cfg, model={"num_classes": cfg.data.classes})
+    state = build_state(cfg, device)
+    fwd = prepare_forward(state, cfg, device, world)
+    if wait_minutes:
+
+        def warm(arrived):
+            warm_and_measure(state, fwd, cfg, device, out, arrived)
+
+        wait_for_data(data, wait_minutes, warm)
     with local_rank_first(world):
-        ds, x, y = load_data(cfg, data, device)
+        ds, x, y, monitor = load_data(cfg, data, device)
     if cfg.model.num_classes != len(ds.wnids):  # a class subset gets a head of its own size
         cfg = replace(cfg, model={"num_classes": len(ds.wnids)})
-    state = build_state(cfg, device)
+        state = build_state(cfg, device)
+        fwd = prepare_forward(state, cfg, device, world)
     if resume and last.exists():
         restore(state, load_checkpoint(last, map_location=device))
         if rank != 0:
@@ -472,11 +649,10 @@ def train(
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({"preset": preset, **to_dict(cfg)}, indent=1))
-    fwd = prepare_forward(state, cfg, device, world)
     augment = Augment(cfg.augment, ds.mean, ds.std)
     bs, per_epoch = cfg.optim.batch_size, len(y) // cfg.optim.batch_size
     total = max(1, round(cfg.run.epochs * per_epoch))
-    limit = cfg.run.time_limit * 60 if cfg.run.time_limit else None
+    limit = time_budget(cfg, state.elapsed, finish_by)
     t0, saved = time.perf_counter() - state.elapsed, time.perf_counter()
     bar = tqdm(
         total=total, initial=state.step, unit="step", disable=(rank != 0) or progress is False
@@ -503,10 +679,11 @@ def train(
             if stopping or done >= 1:
                 break
             lr = lr_at(cfg.schedule, done)
+            size = image_size_at(cfg.schedule, done, x.shape[1])
             tick = time.perf_counter()
             xb, yb = next_batch(state, x, y, bs, rank, world)
             gen = augment_generator(state, cfg, rank, world)
-            loss, logits = train_step(state, fwd, augment, xb, yb, cfg, lr, gen)
+            loss, logits = train_step(state, fwd, augment, xb, yb, cfg, lr, gen, size)
             accumulate(state.meter, loss, logits, yb)
             state.meter["seconds"] = state.meter.get("seconds", 0.0) + time.perf_counter() - tick
             state.step += 1
@@ -518,7 +695,7 @@ def train(
             if state.pos == per_epoch:
                 reduce_meter(state.meter, rank, world, device)
                 if rank == 0:  # the others wait for it in the next agree()
-                    row = end_epoch(state, cfg, ds, device, out, preset, lr, per_epoch)
+                    row = end_epoch(state, cfg, (ds, monitor), device, out, preset, lr, per_epoch)
                     bar.write(json.dumps({k: _round(v) for k, v in row.items()}))
                     saved = time.perf_counter()
     bar.close()
@@ -530,8 +707,10 @@ def train(
         result = {"interrupted": True, "step": state.step}
     elif rank == 0:
         if state.meter or not state.history:  # the run ended inside an epoch: evaluate it too
-            end_epoch(state, cfg, ds, device, out, preset, lr, per_epoch)
+            end_epoch(state, cfg, (ds, monitor), device, out, preset, lr, per_epoch)
         result = state.history[-1]
+        if cfg.data.holdout:
+            result = evaluate_val_once(state, cfg, ds, device, out)
     if group is not None:
         check_replicas(state, out, rank, world, group)
     return result
@@ -574,6 +753,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, help="override the preset's run length")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--wait-for-data",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="if --data is not there yet: compile and measure on synthetic batches "
+        "(speed.json), then wait this long for it",
+    )
+    p.add_argument(
+        "--finish-by",
+        type=float,
+        metavar="UNIX_TIME",
+        help="end the schedule by this wall-clock time (a GPU lease's plan)",
+    )
     args = p.parse_args(argv)
     if args.list_presets:
         print(P.describe())
@@ -589,7 +782,16 @@ def main(argv: list[str] | None = None) -> int:
             run["epochs"] = args.epochs
         cfg = P.get(args.preset, **overrides)
         out = args.out or f"runs/{args.preset}"
-        row = train(cfg, args.data, out, preset=args.preset, resume=args.resume, device=args.device)
+        row = train(
+            cfg,
+            args.data,
+            out,
+            preset=args.preset,
+            resume=args.resume,
+            device=args.device,
+            wait_minutes=args.wait_for_data,
+            finish_by=args.finish_by,
+        )
     except (ConfigError, DataError, CheckpointError, RunExistsError, DivergedError) as e:
         return fail(e)
     finally:

@@ -2,7 +2,7 @@
 
 Training: img/s of a preset's whole `train_step` (augmentation, mixing, forward, backward, SGD,
 EMA) on synthetic uint8 batches, as the preset is, then with each speed option flipped alone:
-bf16 autocast, channels_last, `torch.compile` (per branch), stochastic depth. Each row is also
+bf16 autocast, channels_last, `torch.compile` (model and loss in one graph), stochastic depth.
 given as a share of the bf16 matrix-multiply peak measured in the same run: training FLOPs per
 image (3 × the forward's 2·MACs, at the augmented size) × img/s ÷ peak.
 
@@ -30,9 +30,9 @@ import torch
 from common.cli import ConfigError, Parser, fail
 from training import presets as P
 from training.augment import Augment
-from training.models import ModelConfig, build_model, compile_branches
+from training.models import ModelConfig, build_model
 from training.summary import count_macs
-from training.train import build_state, train_step
+from training.train import build_state, make_forward_loss, train_step
 
 MEAN, STD = (122.5, 114.3, 101.4), (70.5, 68.6, 71.8)
 
@@ -81,7 +81,7 @@ def train_variants(cfg: P.TrainConfig) -> dict[str, P.TrainConfig]:
             cfg, run={"channels_last": not run.channels_last}
         ),
         f"compile {'off' if run.compile else 'on'}": P.replace(
-            cfg, run={"compile": not run.compile}
+            cfg, run={"compile": not run.compile}, model={"drop_mode": "sample"}
         ),
     }
     if model.survival_last < 1:
@@ -98,11 +98,10 @@ def bench_train(cfg: P.TrainConfig, dev: torch.device, steps: int) -> tuple[floa
     y = torch.randint(0, cfg.model.num_classes, (bs,), device=dev)
     aug = Augment(cfg.augment, MEAN, STD)
     state = build_state(cfg, dev)
-    if cfg.run.compile and dev.type == "cuda":
-        compile_branches(state.model)
+    fwd = make_forward_loss(state.model, cfg)
     size = aug(x[:1], state.gen).shape[-1]
     flops = 3 * 2 * count_macs(build_model(cfg.model), size)  # fwd + 2× for bwd
-    step = lambda: train_step(state, state.model, aug, x, y, cfg, 0.1)  # noqa: E731
+    step = lambda: train_step(state, fwd, aug, x, y, cfg, 0.1)  # noqa: E731
     times = timed(step, dev, steps)
     return bs / statistics.median(times), flops
 

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine, after the data has moved in (scripts/gpu/README.md): install the
-# carried wheels, decode the data once on all cores, then start PRESET detached with a time budget
-# (the schedule anneals to its end exactly when the budget does, so the run always lands).
-# PRESET may be a comma-separated list (the papers' small runs): each starts at once, all
-# sharing the GPU, each with its own log, pid and MINUTES budget; collect_rows.sh brings them back.
-# usage: bash scripts/gpu/start.sh [PRESET=final] [MINUTES=20] [extra training.train args...]
+# On the GPU machine, for the papers' rows once the shipped model's lease work is done (the model
+# itself goes through lease.sh): install the carried wheels, decode the data once on all cores,
+# then start each PRESET of a comma-separated list detached, all sharing the GPU, each with its own
+# log, pid and MINUTES budget; collect_rows.sh brings them back.
+# usage: bash scripts/gpu/start.sh PRESET[,PRESET...] [MINUTES=20] [extra training.train args...]
 set -euo pipefail
 preset=${1:-final}; minutes=${2:-20}; shift $(( $# > 2 ? 2 : $# ))
 data=${DATA:-/root/data/tiny-imagenet-200.zip}
