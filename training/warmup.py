@@ -100,7 +100,6 @@ def warm_up(state, step_at: Callable[[int], None], sizes, device, steps: int = 5
     """Compile the step for each image side in `sizes` and time it; the run's state is left as
     it was. Returns {size: img/s} and the seconds the first step of each side took (its
     compile)."""
-    batch = None
     out = {"img_per_s": {}, "first_step_s": {}}
     with Snapshot(state):
         for size in sizes:

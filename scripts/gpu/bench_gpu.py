@@ -33,29 +33,9 @@ from training.augment import Augment
 from training.models import ModelConfig, build_model
 from training.summary import count_macs
 from training.train import build_state, make_forward_loss, train_step
+from training.warmup import matmul_peak, sync
 
 MEAN, STD = (122.5, 114.3, 101.4), (70.5, 68.6, 71.8)
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
-    """Measured bf16 (fp32 on CPU) matmul FLOP/s: the ceiling the shares below are taken against."""
-    if dev.type != "cuda":
-        n, reps = 1024, 5
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    sync(dev)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(dev)
-    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def timed(fn, dev: torch.device, calls: int, warmup: int = 3) -> list[float]:
