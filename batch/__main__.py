@@ -19,7 +19,7 @@ import sys
 from batch.pipeline import BATCH_SIZE, predict_dataset
 from batch.sink import FORMATS, ROWS_PER_FILE
 from common.cli import ConfigError, Parser, fail
-from serving.backend import ENGINES, PRECISIONS, EngineError, ModelFileError
+from inference.backend import ENGINES, PRECISIONS, EngineError, ModelFileError
 
 
 def main(argv: list[str] | None = None) -> int:

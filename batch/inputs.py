@@ -8,7 +8,7 @@ import posixpath
 
 import pyarrow.fs as pafs
 
-# The suffixes `serving.preprocess` decodes; a folder's other files are not images and are skipped
+# The suffixes `inference.preprocess` decodes; a folder's other files are not images and are skipped
 # (a file named explicitly, in a list or by a glob, is always tried).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})

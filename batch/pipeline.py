@@ -1,8 +1,8 @@
 """Offline batch prediction on Ray Data: the pipeline and the one call that runs it.
 
-paths -> read + decode (a map_batches step running `serving.preprocess.decode`, the service's own
+paths -> read + decode (a map_batches step running `inference.preprocess.decode`, the service's own
 code; Ray fuses it into the actors below unless told otherwise) -> predict (map_batches on an
-actor pool, one backend per actor: serving.backend.open_backend, the engine the service would
+actor pool, one backend per actor: inference.backend.open_backend, the engine the service would
 choose there) -> AtomicDatasink (batch/sink.py). Each result row is path, top-k wnids, labels,
 probabilities, and error ({code, message} or null): a file that cannot be read or decoded is a
 row with its error, and the job goes on.
@@ -34,7 +34,7 @@ from batch.sink import (
     remove_partial,
 )
 from common.cli import ConfigError
-from export.contract import IMAGE_SIZE, int8_paths
+from inference.contract import IMAGE_SIZE, int8_paths
 
 PROJECT_PACKAGES = ("serving", "export", "common", "batch")  # what the workers import
 BATCH_SIZE = 64  # images per decode step and per model call
@@ -48,7 +48,7 @@ def default_model() -> str:
 def read_and_decode(batch: dict) -> dict:
     """Ray map_batches step: read each file and decode it with the service's own code. A file that
     cannot be read or decoded keeps its row, with a zero image and its error."""
-    from serving.preprocess import ImageError, decode
+    from inference.preprocess import ImageError, decode
 
     paths = list(batch["path"])
     images = np.zeros((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
@@ -80,10 +80,10 @@ class Predictor:
     """Ray actor for map_batches: the model's forms written to a private folder, then the
     service's backend on them (`open_backend`, `engine` and `precision` as TIN_BACKEND and
     TIN_PRECISION take them) with `threads` threads; top-k per image, ranked as the service ranks
-    them (serving/answers.py `top_k`), probabilities unrounded."""
+    them (inference/answers.py `top_k`), probabilities unrounded."""
 
     def __init__(self, files, fp32_name: str, engine: str, precision: str, top_k: int, threads):
-        from serving.backend import open_backend
+        from inference.backend import open_backend
 
         if not isinstance(files, dict):  # Ray Data hands constructor arguments over as given
             import ray
@@ -159,7 +159,7 @@ def pipeline(todo: list[str], model: str, backend: tuple, top_k: int, jobs: tupl
     """The Ray Dataset: paths -> read + decode -> predict on the actor pool."""
     import ray
 
-    from serving.backend import choose
+    from inference.backend import choose
 
     choose(model, *backend)  # here, not in the actors: a bad choice or file fails at once
     n_actors, n_threads, reserve = jobs

@@ -5,8 +5,8 @@ agreement with ONNX Runtime fp32 (the reference every form is checked against at
         [--engines onnxruntime:fp32 openvino:bf16 ...] [-n 5000]
 
 VAL_DIR is a folder in the official layout (`val_annotations.txt` beside `images/`). Images are
-decoded by the service's own code (serving.preprocess.decode) and run through the service's own
-backend (serving.backend.open_backend), so the figures are what `bentoml serve` answers with
+decoded by the service's own code (inference.preprocess.decode) and run through the service's own
+backend (inference.backend.open_backend), so the figures are what `bentoml serve` answers with
 TIN_BACKEND and TIN_PRECISION set the same way. Why it exists: the export measures its own forms
 (fp32 and INT8), but OpenVINO's fp32 and bf16 inference hints are chosen at load time and have no
 file of their own to check, so the README's speed table needs this for their accuracy.
@@ -21,8 +21,8 @@ import numpy as np
 
 from bench.inference import ENGINES
 from common.cli import Parser, fail
-from serving.backend import EngineError, ModelFileError, open_backend
-from serving.preprocess import decode
+from inference.backend import EngineError, ModelFileError, open_backend
+from inference.preprocess import decode
 
 BATCH = 64
 

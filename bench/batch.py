@@ -4,7 +4,7 @@ against the HTTP service, on the same images, the three taking turns in rounds.
     python -m bench.batch [--model models/model.onnx] [--images DIR] [-n 5000] [--rounds 3]
         [--write BENCHMARKS.md]
 
-  plain  one process: serving.preprocess.decode + serving.backend.open_backend(...).predict in
+  plain  one process: inference.preprocess.decode + inference.backend.open_backend(...).predict in
          batches of 32: the floor a batch engine adds its costs to
   ray    `python -m batch DIR --out OUT` on an embedded local Ray, default actors and threads
   http   `bentoml serve` (started and warm before the clock starts), then
@@ -39,9 +39,9 @@ PLAIN = """
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from serving.backend import open_backend
+from inference.backend import open_backend
 from serving.config import settings
-from serving.preprocess import decode
+from inference.preprocess import decode
 s = settings()
 paths = sorted(Path(sys.argv[1]).iterdir())
 backend = open_backend(sys.argv[2], s.backend, s.precision, threads=s.threads)

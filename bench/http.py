@@ -5,10 +5,10 @@
 
 Each of C threads keeps one HTTP/1.1 connection and sends POST /classify (or /classify_batch
 with --batch N) back to back for the duration; latency is per request, throughput counts
-images. "merged" is the mean number of requests BentoML's adaptive batching merged into one model
-call (its histogram in /metrics); with --batch N each of them carries N images.
+images. "merged" is the mean number of requests the service merged into one engine call (its
+histogram in /metrics); with --batch N each of them carries N images.
 With --serve, after the HTTP levels (the service idle), the same model's raw backend
-(serving.backend.open_backend, as the service builds it) is timed in this process at each level's
+(inference.backend.open_backend, as the service builds it) is timed in this process at each level's
 mean model batch: "vs raw" is HTTP img/s over raw img/s at that batch, taken in the same run.
 Runs in the `serve` environment; the client shares the machine's cores with the server, as a
 client on the same host does.
@@ -104,12 +104,12 @@ def worker(host, port, path, payloads, stop, results, offset):
 
 
 def batch_histogram(url: str) -> tuple[float, float]:
-    """(sum, count) of BentoML's adaptive batch sizes so far, over all model workers."""
+    """(sum, count) of the requests per engine call so far (this service's histogram, or
+    BentoML's adaptive batching's for a service that uses it)."""
     text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
     total = {"sum": 0.0, "count": 0.0}
-    for kind, value in re.findall(
-        r"^\w*adaptive_batch_size_(sum|count)\{[^}]*\} (\S+)$", text, re.M
-    ):
+    pattern = r"^\w*(?:adaptive_batch_size|tin_engine_batch_requests)_(sum|count)\{[^}]*\} (\S+)$"
+    for kind, value in re.findall(pattern, text, re.M):
         total[kind] += float(value)
     return total["sum"], total["count"]
 
@@ -159,7 +159,7 @@ def run_level(url, path, payloads, per_request, concurrency, duration, warmup):
 def raw_rate(model: Path, batch: int, seconds: float = 5.0) -> float:
     """img/s of the service's backend alone on `batch` images per call (after a warm-up), as
     TIN_BACKEND and TIN_PRECISION choose it for the service."""
-    from serving.backend import open_backend  # onnxruntime: only where --serve runs a model
+    from inference.backend import open_backend  # onnxruntime: only where --serve runs a model
     from serving.config import settings
 
     s = settings()

@@ -5,7 +5,7 @@
         [--engines onnxruntime:fp32 openvino:int8 ...] [-b 1 8 32 256] [--seconds 12]
         [--rounds 3] [--write MD]
 
-Each engine is the service's own backend (serving/backend.py, as TIN_BACKEND and TIN_PRECISION
+Each engine is the service's own backend (inference/backend.py, as TIN_BACKEND and TIN_PRECISION
 pick it), on the model's forms beside --model (NAME.int8.onnx, NAME.int8.xml); a form that is
 not there is left out with a note.
 
@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import ConfigError, Parser, fail
-from export.contract import random_images
+from inference.contract import random_images
 
 BATCHES = (1, 8, 32, 256)
 ENGINES = (
@@ -199,7 +199,7 @@ def torch_engine(checkpoint: Path, threads: int, expected: dict) -> Callable[[np
 def service_engine(spec: str, model: Path, threads: int, expected: dict):
     """The service's backend for "ENGINE:PRECISION" on `model`'s forms; ConfigError or
     EngineError where it cannot run here."""
-    from serving.backend import open_backend
+    from inference.backend import open_backend
 
     engine, _, precision = spec.partition(":")
     backend = open_backend(model, engine, precision, max_batch=max(BATCHES), threads=threads)
@@ -393,7 +393,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def plan(args: argparse.Namespace, expected: dict) -> tuple[dict, list[str]]:
     """{row name: (predict, precision)} of what can run here, and notes on what is left out."""
-    from serving.backend import EngineError
+    from inference.backend import EngineError
 
     engines, notes = {}, []
     if args.checkpoint:
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "-m", "bench.inference", *argv])
-    from serving.backend import ModelFileError, read_card
+    from inference.backend import ModelFileError, read_card
     from training.checkpoint import CheckpointError
 
     try:

@@ -49,7 +49,7 @@ from clients.errors import ClientError
 from clients.results import Result
 from common.cli import Parser
 
-# What the service decodes (serving/preprocess.py); anything else would only come back refused.
+# What the service decodes (inference/preprocess.py); anything else would only come back refused.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif"})
 CSV_FIELDS = [
     "input",

@@ -55,7 +55,7 @@ DEFAULT_TOP_K = 5
 DEFAULT_EXPLAIN_TOP_K = 3
 MAX_TOP_K = 200  # the service refuses more
 # The service takes up to 64 images per request by default (TIN_MAX_BATCH_IMAGES) and GET /model
-# may not say what it is set to: 32 stays under the default and fills one adaptive batch.
+# may not say what it is set to: 32 stays under the default and fills one engine call.
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CONCURRENCY = 4
 # The service refuses bodies over 10 MiB (413); leave room for the multipart framing.

@@ -81,8 +81,8 @@ class Explanation(Result):
         """A PIL image: the map of the class of rank `which` (or wnid `which`) drawn over the
         image (`image`, else the input) at its own size, as the service's format=png draws it.
         Needs numpy and Pillow; EXIF orientation is applied, as the service applies it."""
-        from serving.overlay import overlay
-        from serving.preprocess import open_rgb
+        from inference.overlay import overlay
+        from inference.preprocess import open_rgb
 
         found = [
             c for c in self.predictions if which in (c.rank, c.wnid)

@@ -4,7 +4,7 @@
 
 Folds the checkpoint's network, writes a self-describing ONNX model (uint8 NHWC in,
 normalisation inside; logits, probabilities and class-activation maps out; see
-export/contract.py), checks it against PyTorch under ONNX Runtime and fails on a mismatch. From
+inference/contract.py), checks it against PyTorch under ONNX Runtime and fails on a mismatch. From
 --onnx (an earlier export, when its checkpoint is gone) the graph is rewritten instead and checked
 against the file as it was. With --data it also measures val accuracy into the metadata; --int8
 adds the INT8 forms NAME.int8.onnx (ONNX Runtime) and NAME.int8.xml/.bin (OpenVINO), each refused
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sys
 
 from common.cli import ConfigError, Parser, fail
-from export.contract import ContractError
 from export.tensorrt import PRECISIONS, EngineBuildError, TensorRTUnavailable
+from inference.contract import ContractError
 
 
 def parse(argv=None):

@@ -1,4 +1,4 @@
-"""Two rewrites of an exported classifier graph (export/contract.py), in ONNX only.
+"""Two rewrites of an exported classifier graph (inference/contract.py), in ONNX only.
 
 `add_cam(model)`: class-activation maps (Zhou et al., CVPR 2016). Our heads are global average
 pooling + linear, so cam_k = W_k · F over the last feature map F and mean(cam_k) + b_k = logit_k.
@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.contract import OUTPUT_CAM as CAM
-from export.contract import OUTPUT_LOGITS as LOGITS
+from inference.contract import OUTPUT_CAM as CAM
+from inference.contract import OUTPUT_LOGITS as LOGITS
 
 TRANSFORMS_KEY = "graph_transforms"  # JSON list; ModelCard.from_metadata ignores unknown keys
 NORMALISATION_OPS = ("Transpose", "Cast", "Mul", "Add", "Sub", "Div")

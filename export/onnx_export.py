@@ -1,4 +1,4 @@
-"""A training checkpoint → a self-describing fp32 ONNX model that follows export/contract.py.
+"""A training checkpoint → a self-describing fp32 ONNX model that follows inference/contract.py.
 
 The graph takes uint8 NHWC RGB images and normalises inside (so serving only decodes and resizes),
 runs the folded network (export/fold.py) and returns logits and their softmax. It is written with
@@ -24,10 +24,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export import contract as C
-from export.contract import random_images
 from export.fold import fold_model
 from export.graph import add_cam, head_bias
+from inference import contract as C
+from inference.contract import random_images
 from training.checkpoint import file_sha256, load_model
 from training.evaluate import predict, topk_accuracy
 from training.summary import count_macs

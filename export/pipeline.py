@@ -19,7 +19,7 @@ images; every form's maps adding up to its logits (mean(cam) + bias within 1e-3)
 
 An ONNX source is how an export without its checkpoint gains what this version adds (the maps,
 test-time augmentation) and how its INT8 forms are made: the graph is rewritten, not retrained.
-Serving needs none of this module: it reads the files and export/contract.py.
+Serving needs none of this module: it reads the files and inference/contract.py.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export import contract as C
 from export import graph as G
 from export import onnx_export as E
 from export import quantize as Q
 from export import tensorrt as T
-from export.contract import random_images
+from inference import contract as C
+from inference.contract import random_images
 from training.checkpoint import file_sha256, load_model
 from training.config import ConfigError
 

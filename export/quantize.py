@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 
 from common.cli import ConfigError
-from export import contract as C
 from export.onnx_export import load_fp16, session
+from inference import contract as C
 
 PRESETS = ("mixed", "performance")
 
@@ -124,7 +124,7 @@ def int8_openvino(fp32: onnx.ModelProto, calib: np.ndarray, preset: str = "mixed
 
 def save_openvino(model, xml: str | os.PathLike, card: C.ModelCard) -> Path:
     """Write an IR (.xml + .bin) with `card` in its rt_info, where serving reads it back from
-    the XML (serving/backend.py `read_card`). Float weights are stored fp16, int8 stays int8."""
+    the XML (inference/backend.py `read_card`). Float weights are stored fp16, int8 stays int8."""
     import openvino as ov
 
     for key, value in card.to_metadata().items():

@@ -26,7 +26,7 @@ from pathlib import Path
 import onnx
 
 from common.cli import ConfigError
-from export import contract as C
+from inference import contract as C
 
 PIN = "tensorrt-cu12==10.16.1.11"
 TENSORRT_MAJOR = 10

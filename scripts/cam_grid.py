@@ -5,8 +5,8 @@ true → predicted (the README's figure).
     python scripts/cam_grid.py --data tiny-imagenet-200.zip [--model models/model.onnx]
         [-n 8] [--out docs/cam-grid.png]
 
-The maps are the served model's (`serving.backend.open_backend`, the engine `auto` picks), drawn
-as the service's format=png draws them (serving/overlay.py), on the image upscaled to --zoom.
+The maps are the served model's (`inference.backend.open_backend`, the engine `auto` picks), drawn
+as the service's format=png draws them (inference/overlay.py), on the image upscaled to --zoom.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from common.cli import Parser, fail
-from serving.backend import ModelFileError, open_backend
-from serving.overlay import overlay
+from inference.backend import ModelFileError, open_backend
+from inference.overlay import overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ TIN_MODEL                 the model to serve: an ONNX file written by `python -m
                           model in BentoML's model store, name[:version] (serving/store.py).
                           Default: models/model.onnx under the repo root, or without it (a Bento
                           built from the store) the store's latest tiny-imagenet-resnet
-TIN_BACKEND               auto | onnxruntime | openvino (auto: serving/backend.py `choose`)
+TIN_BACKEND               auto | onnxruntime | openvino (auto: inference/backend.py `choose`)
 TIN_PRECISION             auto | fp32 | bf16 | int8 (bf16: OpenVINO only; int8: the model's INT8
                           form beside it)
 TIN_THREADS               inference threads (default: every core)
@@ -14,9 +14,9 @@ TIN_API_KEYS              comma-separated API keys; with keys (or TIN_API_KEYS_F
 TIN_MAX_UPLOAD_MB         largest request body, in MiB, for any endpoint (10)
 TIN_MAX_BATCH_IMAGES      most images in one batch request (64)
 TIN_MAX_PIXELS            largest image accepted, in pixels: the decompression-bomb guard (40 M)
-TIN_BATCH_MAX_SIZE        adaptive batching: most images in one model call (32)
-TIN_BATCH_MAX_LATENCY_MS  adaptive batching: a request expected to wait longer is refused with
-                          503 instead of queueing without end (10000)
+TIN_BATCH_MAX_SIZE        micro-batching: most images in one engine call (32)
+TIN_BATCH_MAX_LATENCY_MS  micro-batching: a request expected to wait longer in the queue is
+                          refused with 503 instead of queueing without end (10000)
 TIN_TRT_CACHE             where ONNX Runtime's TensorRT provider keeps the engines it builds
                           (tin-trt in the temp folder); only with onnxruntime-gpu installed
 """
@@ -116,7 +116,6 @@ def settings() -> Settings:
 
 
 def batch_max_size() -> int:
-    # Read when serving/service.py is imported: BentoML takes batching settings in its decorator.
     return _number("TIN_BATCH_MAX_SIZE", 32, 1)
 
 

@@ -8,7 +8,7 @@ what this module changes:
 
 - a file parameter is `pathlib.Path` (multipart, written to a request temp file), not
   `PIL.Image`, whose decoder turns a broken file into a 500; the bytes go through
-  serving/preprocess.py `decode`, as on the mounted routes.
+  inference/preprocess.py `decode`, as on the mounted routes.
 - a refusal made in the method is returned as a starlette JSONResponse (BentoML sends a
   returned Response as it is, _bentoml_impl/server/app.py `api_endpoint`); raising a
   BentoMLException would answer `[{"error": "..."}]` (a one-element list, app.py
@@ -29,7 +29,6 @@ import json
 import logging
 from typing import Annotated
 
-from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -37,6 +36,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from inference.batcher import Overloaded
 from serving.config import MAX_TOP_K
 from serving.routes import ApiError, error_body
 
@@ -125,7 +125,7 @@ def api_errors(func):
             return await func(*args, **kwargs)
         except ApiError as e:
             return JSONResponse(error_body(e.code, e.message), status_code=e.status)
-        except ServiceUnavailable:
+        except Overloaded:
             message = "the model is overloaded or unavailable; retry later"
             return JSONResponse(error_body("unavailable", message), status_code=503)
 

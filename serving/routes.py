@@ -4,8 +4,8 @@ Why not BentoML's own @bentoml.api parameters for the uploads: BentoML parses an
 request before the method runs, so a broken upload never reaches code that could answer it well
 (its PIL.Image parameter turns a truncated file into a 500) and a bad `top_k` gets BentoML's
 error shape, not ours; it also has no request size limit. Here every request-level problem is a
-4xx with {"error": {"code": ..., "message": ...}}; the model is still reached through BentoML's
-adaptive batching (the inner service in serving/service.py).
+4xx with {"error": {"code": ..., "message": ...}}; the model is reached through the service's
+micro-batcher (inference/batcher.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 import anyio.to_thread
 import bentoml
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -31,9 +30,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from serving.answers import Ask, explanation, multipart_mixed, png_parts, top_k
+from inference.answers import Ask, explanation, multipart_mixed, png_parts, top_k
+from inference.batcher import Overloaded
+from inference.preprocess import ImageError, model_input, open_reduced, open_rgb
 from serving.config import DEFAULT_EXPLAIN_TOP_K, DEFAULT_TOP_K, MAX_TOP_K
-from serving.preprocess import ImageError, model_input, open_rgb
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
 
@@ -68,7 +68,7 @@ def json_errors(handler: Callable[[Request], Awaitable[JSONResponse]]):
             log.info("%s %s: the client hung up mid-request", request.method, request.url.path)
             message = "the client closed the connection before sending its body"
             return JSONResponse(error_body("client_disconnected", message), status_code=499)
-        except ServiceUnavailable:  # batching queue too long, or the model process is down
+        except Overloaded:  # the batching queue is too long (inference/batcher.py)
             message = "the model is overloaded or unavailable; retry later"
             return JSONResponse(error_body("unavailable", message), status_code=503)
         except Exception:
@@ -217,8 +217,12 @@ async def decode_all(data: list[bytes], max_pixels: int, keep: bool = False):
         out = []
         for d in data:
             try:
-                rgb = open_rgb(d, max_pixels)
-                out.append(Decoded(model_input(rgb), rgb.size, rgb if keep else None))
+                if keep:  # the full-size image, to draw the maps on
+                    rgb = open_rgb(d, max_pixels)
+                    out.append(Decoded(model_input(rgb), rgb.size, rgb))
+                else:
+                    rgb, size = open_reduced(d, max_pixels)
+                    out.append(Decoded(model_input(rgb), size))
             except ImageError as e:
                 out.append(e)
         return out

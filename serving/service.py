@@ -1,19 +1,11 @@
 """The BentoML service: `bentoml serve` (from the repo root) or `bentoml build` serve this.
 
-Two services, as BentoML's adaptive batching needs them:
-
-- `Classifier` (public, port 3000) owns the HTTP API: the routes of serving/routes.py (mounted as
-  an ASGI app: the curl forms, the demo page) and the BentoML-native APIs under /api/ (for
-  bentoml.SyncHTTPClient and bentoml.depends). It parses and checks requests, decodes images and
-  formats the answers.
-- `TinyImageNetModel` (internal, its own process under `bentoml serve`) holds the chosen engine
-  (serving/backend.py: ONNX Runtime or OpenVINO, fp32 or INT8) behind two batchable methods. A
-  batchable API takes a single batched argument, so `top_k` and the per-image errors stay
-  outside it: the public service sends only the decoded (N, 64, 64, 3) arrays, and BentoML merges
-  the arrays of concurrent requests into one model call of at most TIN_BATCH_MAX_SIZE images.
-
-When the service runs in-process (tests, `bentoml serve --development`) the inner service is an
-ordinary object in the same process and nothing is batched across requests.
+One service, one process: `Classifier` owns the HTTP API (the routes of serving/routes.py,
+mounted as an ASGI app: the curl forms, the demo page; and the BentoML-native APIs under /api/,
+for bentoml.SyncHTTPClient and bentoml.depends) and the model itself, the engine chosen by
+inference/backend.py (ONNX Runtime or OpenVINO, fp32 or INT8). Concurrent requests are batched
+in this process by inference/batcher.py: no hop to a second model process and no batching wait
+(BentoML's adaptive batching needs both; the README's serving section has the measurements).
 """
 
 from __future__ import annotations
@@ -21,14 +13,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import aiohttp
 import bentoml
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
 
+from inference.answers import Ask
+from inference.backend import open_backend
+from inference.batcher import Batcher, engine_thread
 from serving import auth, config, openapi, traffic
-from serving.answers import Ask
-from serving.backend import open_backend, read_card
 from serving.native import (
     BatchClassification,
     BatchExplanation,
@@ -54,28 +45,20 @@ log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
 traffic.install()  # BentoML's request timeout, with its timer cancelled (serving/traffic.py)
 
 MODEL_TAG = config.settings().model_tag  # TIN_MODEL as name:version, when it is a stored model
-BATCH_MAX_SIZE = config.batch_max_size()
-BATCH_MAX_LATENCY_MS = config.batch_max_latency_ms()
-RETRIES = 2
-BATCHING = {
-    "batchable": True,
-    "max_batch_size": BATCH_MAX_SIZE,
-    "max_latency_ms": BATCH_MAX_LATENCY_MS,
-}
 
-
-# BentoML 1.4.39's client to this service renews its connection pool every 100 calls or 5 min
-# by closing the old one, which fails the calls still in flight on it ("Server disconnected"):
-# under load, a few percent of requests. Renewal only matters for remote replicas; this one is a
-# local socket, so it is pushed out of reach (Classifier._call also retries).
-NO_RENEWAL = {"max_requests": 10**12, "max_age": 10.0**12}
-
-
-@bentoml.service(
-    name="TinyImageNetModel", workers=1, traffic={"timeout": 120}, runner_connection=NO_RENEWAL
+# Requests per engine call; bench/http.py reads it as "merged".
+ENGINE_BATCH = bentoml.metrics.Histogram(
+    name="tin_engine_batch_requests",
+    documentation="requests merged into one engine call",
+    labelnames=["method"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )
-class TinyImageNetModel:
-    """The model behind adaptive batching; loaded and warmed up before the server is ready."""
+
+
+@bentoml.asgi_app(http_app)
+@bentoml.service(name="Classifier", workers=1, traffic={"timeout": 120})
+class Classifier:
+    """Top-k Tiny ImageNet predictions and their activation maps over HTTP."""
 
     if MODEL_TAG:
         # Declared, so that `bentoml build` packages the stored model as a model of the Bento
@@ -85,75 +68,44 @@ class TinyImageNetModel:
         stored_model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self):
-        s = config.settings()
+        self.settings = s = config.settings()
+        self.name = s.model_name
+        max_batch = config.batch_max_size()
         self.backend = open_backend(
-            s.model_path, s.backend, s.precision, max_batch=BATCH_MAX_SIZE, threads=s.threads
+            s.model_path, s.backend, s.precision, max_batch=max_batch, threads=s.threads
         )
         self.backend.warm_up()  # runs before the server listens, so /readyz implies warm
-
-    @bentoml.api(**BATCHING)
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, 64, 64, 3) RGB → probabilities (N, C) float32."""
-        return self.backend.predict(images)
-
-    @bentoml.api(**BATCHING)
-    def explain(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, 64, 64, 3) → (N, 2C + C·h·w) float32: probabilities, logits and the flat
-        activation maps side by side (a batchable API answers one array, split by the caller)."""
-        probs, logits, cam = self.backend.explain(images)
-        return np.concatenate([probs, logits, cam.reshape(len(cam), -1)], axis=1)
-
-    @bentoml.api
-    def backend_info(self) -> dict:
-        return self.backend.info
-
-
-@bentoml.asgi_app(http_app)
-@bentoml.service(name="Classifier", workers=1, traffic={"timeout": 120})
-class Classifier:
-    """Top-k Tiny ImageNet predictions and their activation maps over HTTP."""
-
-    model = bentoml.depends(TinyImageNetModel)
-
-    def __init__(self):
-        self.settings = config.settings()
-        self.name = self.settings.model_name
-        # The card (labels, accuracy, map size) from the file's metadata: the routes need it on
-        # every request, and reading it here needs no call into the other process.
-        self.card = read_card(self.settings.model_path)
+        self.card = self.backend.card  # labels, accuracy, map size: every route needs it
         self.api_keys_on = bool(auth.api_keys())
-        _ = self.model  # in-process: load and warm the model now, not on the first request
+        engine, wait = engine_thread(), config.batch_max_latency_ms() / 1000
+
+        def batcher(method: str, run) -> Batcher:
+            observe = lambda requests, _: ENGINE_BATCH.labels(method=method).observe(requests)  # noqa: E731
+            return Batcher(run, max_batch, wait, engine, observe)
+
+        self.predictions = batcher("predict", lambda x: (self.backend.predict(x),))
+        self.explainer = batcher("explain", self.backend.explain)
         log.info(
-            "Classifier: model %s (%d classes), uploads up to %d bytes, %d images per batch%s",
+            "Classifier: model %s (%d classes), uploads up to %d bytes, %d images per batch "
+            "request, %d per engine call%s",
             self.name,
             len(self.card.wnids),
-            self.settings.max_upload_bytes,
-            self.settings.max_batch_images,
+            s.max_upload_bytes,
+            s.max_batch_images,
+            max_batch,
             ", API keys required" if self.api_keys_on else "",
         )
 
-    async def _call(self, method: str, images: np.ndarray) -> np.ndarray:
-        # A connection to the model process can still drop under us (a keep-alive connection
-        # closed by the server as it is reused); the call is idempotent, so try again.
-        for attempt in range(RETRIES + 1):
-            try:
-                return await getattr(self.model.to_async, method)(images)
-            except aiohttp.ClientConnectionError as e:
-                log.warning("model call failed (%s), attempt %d", e, attempt + 1)
-        raise ServiceUnavailable("the model process cannot be reached")
-
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return await self._call("predict", images)
+        (probs,) = await self.predictions(images)
+        return probs
 
     async def explanations(self, images: np.ndarray):
         """(probabilities (N, C), logits (N, C), cam (N, C, h, w)) of uint8 images."""
-        flat = await self._call("explain", images)
-        classes, (h, w) = len(self.card.wnids), self.card.cam_size
-        cam = flat[:, 2 * classes :].reshape(len(flat), classes, h, w)
-        return flat[:, :classes], flat[:, classes : 2 * classes], cam
+        return await self.explainer(images)
 
     async def backend_info(self) -> dict:
-        return await self.model.to_async.backend_info()
+        return self.backend.info
 
     # --- BentoML-native APIs (serving/native.py): for bentoml.SyncHTTPClient and friends -------
 

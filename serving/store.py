@@ -25,8 +25,8 @@ from pathlib import Path
 import bentoml
 
 from common.cli import ConfigError, Parser, fail
-from export.contract import ModelCard
-from serving.backend import ModelFileError, read_card
+from inference.backend import ModelFileError, read_card
+from inference.contract import ModelCard
 
 MODEL_NAME = "tiny-imagenet-resnet"
 ONNX_FILE = "model.onnx"

@@ -1,4 +1,4 @@
-"""Small ONNX models that follow export/contract.py, and `bentoml serve` on them, for the serving
+"""Small ONNX models that follow inference/contract.py, and `bentoml serve` on them, for the serving
 and client tests.
 
 The graph has the exported model's interface without its size: uint8 NHWC `image` → float →
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from export.contract import (
+from inference.contract import (
     IMAGE_SIZE,
     INPUT_NAME,
     OUTPUT_LOGITS,

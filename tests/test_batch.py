@@ -23,8 +23,8 @@ pytest.importorskip("ray", reason="the batch extra (ray[data]) is not installed"
 
 from batch.pipeline import plan
 from batch.sink import read_results
-from serving.backend import open_backend, read_card
-from serving.preprocess import ImageError, decode
+from inference.backend import open_backend, read_card
+from inference.preprocess import ImageError, decode
 from tests.serving_fixtures import REPO, fixture_images, write_model
 
 TOP_K = 3

@@ -6,8 +6,8 @@ import pytest
 
 from bench import http as H
 from bench import inference as B
-from export.contract import random_images
-from serving.backend import read_card
+from inference.backend import read_card
+from inference.contract import random_images
 from tests.serving_fixtures import write_model
 
 CPUINFO = """processor\t: 0
@@ -172,7 +172,7 @@ def test_accuracy_scores_each_engine_against_the_val_labels(tmp_path, capsys):
     """bench.accuracy: top-1 against val_annotations.txt, through the service's decoding and
     backend; half the labels here are the model's own answers, half are not."""
     from bench import accuracy
-    from serving.preprocess import decode
+    from inference.preprocess import decode
     from tests.serving_fixtures import fixture_card, fixture_images, reference_probabilities
 
     model = write_model(tmp_path / "model.onnx")

@@ -96,7 +96,7 @@ def jpegs(n: int) -> list[bytes]:
 
 def expected_wnid(data: bytes) -> str:
     """What the fixture model answers for an image, computed without the service."""
-    from serving.preprocess import decode
+    from inference.preprocess import decode
     from tests.serving_fixtures import fixture_card, reference_probabilities
 
     probs = reference_probabilities(decode(data)[None], CLASSES)[0]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving import overlay
-from serving.answers import Ask, explanation
+from inference import overlay
+from inference.answers import Ask, explanation
 from tests.abuse import BAD_FILES
 from tests.serving_fixtures import (
     POOL,
@@ -116,7 +116,7 @@ def test_explain_json_maps_add_up_to_the_models_logits(client):
     body = r.json()
     assert body["map_size"] == [POOL, POOL]
     assert body["image_size"] == [64, 64]
-    from serving.preprocess import decode
+    from inference.preprocess import decode
 
     logits = reference_logits(decode(data)[None], CLASSES)[0]
     assert len(body["predictions"]) == 3  # the default top_k

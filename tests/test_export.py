@@ -11,13 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from export import contract as C
 from export import graph as G
 from export import onnx_export as E
 from export import quantize as Q
 from export import tensorrt as T
 from export.__main__ import main
-from export.contract import random_images
 from export.fold import (
     ChannelAffine,
     FoldError,
@@ -27,7 +25,9 @@ from export.fold import (
     fold_survival,
 )
 from export.pipeline import export
-from serving.backend import read_card
+from inference import contract as C
+from inference.backend import read_card
+from inference.contract import random_images
 from training import presets as P
 from training import train as TR
 from training.checkpoint import (

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("common", "training", "export", "serving", "clients", "bench", "batch")
+PACKAGES = ("common", "training", "export", "inference", "serving", "clients", "bench", "batch")
 
 
 def tracked_python() -> list[Path]:
@@ -128,6 +128,24 @@ def test_the_service_imports_with_torch_onnx_and_training_blocked():
     assert "serving.routes" in modules
 
 
+def test_the_inference_runtime_imports_without_http_bentoml_torch_or_onnx():
+    """inference/ is what the service, the batch job, the benchmarks and the client share: it
+    must not pull in the server (BentoML, Starlette), an HTTP client, torch, onnx or the export
+    stage that writes the models it reads."""
+    blocked = ["bentoml", "starlette", "httpx", "aiohttp", "torch", "onnx", "export", "serving",
+               "training", "clients", "batch", "bench"]  # fmt: skip
+    modules = sorted(
+        m for p in tracked_python() if (m := module_name(p)) and m.split(".")[0] == "inference"
+    )
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({blocked!r}))\n"
+        f"import importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {"inference.backend", "inference.preprocess", "inference.contract"} <= set(modules)
+
+
 def test_no_words_that_point_outside_the_repository():
     # Built from pieces, so that this file does not match itself.
     pattern = re.compile("seed 0" + "0|issue [0-9]|" + re.escape(".." + "/shared"), re.I)
@@ -157,6 +175,7 @@ CLIS = {
     ),
     "clients.cli": (["--no-such-option"], ["predict", "no/such/folder"]),
     "bench.inference": (["--no-such-option"], ["--model", "missing.onnx"]),
+    "bench.decode": (["--no-such-option"], ["missing-val-folder"]),
     "bench.http": (["--no-such-option"], ["-c", "0"]),
     "scripts/gpu/rows.py": (["--no-such-option"], ["no-such-run"]),
     "scripts/gpu/lease.py": (["--no-such-option"], ["rehearse"]),

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from starlette.requests import Request
 
+from inference.backend import ModelFileError, open_backend, read_card
+from inference.preprocess import ImageError, decode, open_reduced, open_rgb
 from serving import config
-from serving.backend import ModelFileError, open_backend, read_card
-from serving.preprocess import ImageError, decode
 from serving.routes import json_errors
 from tests.abuse import BAD_FILES, GOOD_JPEG, GOOD_PNG
 from tests.serving_fixtures import (
@@ -345,6 +345,39 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     data = encode(im, "PNG", exif=exif.tobytes())
     np.testing.assert_array_equal(decode(data), np.rot90(arr, k=-1))
+
+
+def photo(width: int, height: int, **save) -> bytes:
+    """A photo-sized JPEG: a fixture image upscaled, as a phone's is smooth at 64-px scale."""
+    im = Image.fromarray(fixture_array(3)).resize((width, height), Image.Resampling.BICUBIC)
+    return encode(im, "JPEG", quality=90, **save)
+
+
+def test_a_large_jpeg_is_decoded_reduced_with_the_full_decodes_answer():
+    data = photo(2000, 1500)
+    reduced, size = open_reduced(data)
+    assert size == (2000, 1500)  # the answers report the upload's own size
+    assert min(reduced.size) >= 128
+    assert max(reduced.size) <= 500
+    full = np.asarray(open_rgb(data).resize((64, 64), Image.Resampling.BICUBIC), np.int16)
+    assert np.abs(decode(data).astype(np.int16) - full).mean() < 1.0  # of 255
+
+
+def test_a_reduced_jpeg_keeps_its_exif_orientation_and_displayed_size():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    data = photo(1600, 800, exif=exif.tobytes())
+    reduced, size = open_reduced(data)
+    assert size == (800, 1600)
+    assert reduced.size[1] > reduced.size[0]  # upright: taller than wide
+    full = np.asarray(open_rgb(data).resize((64, 64), Image.Resampling.BICUBIC), np.int16)
+    assert np.abs(decode(data).astype(np.int16) - full).mean() < 1.0
+
+
+def test_a_small_jpeg_is_decoded_at_full_size():
+    data = photo(200, 150)
+    reduced, _ = open_reduced(data)
+    assert reduced.size == (200, 150)  # draft never goes below 256 a side
 
 
 def rgba(colour, alpha) -> Image.Image:

@@ -142,7 +142,7 @@ def onnxruntime_cuda(model_path: str | None, x: np.ndarray):
 
 def inference_model(args, cfg: P.TrainConfig) -> torch.nn.Module:
     if args.model:
-        from serving.backend import read_card
+        from inference.backend import read_card
 
         mcfg = ModelConfig.from_dict(read_card(args.model).model_config)
     else:

@@ -1,7 +1,7 @@
 """The exported model under ONNX Runtime or OpenVINO, in the form the machine runs best.
 
 One exported model comes in up to three files side by side, each self-describing (the export
-writes them; export/contract.py):
+writes them; inference/contract.py):
 
     NAME.onnx        fp32 compute (weights may be stored fp16)   ONNX Runtime (CPU, CUDA), OpenVINO
     NAME.int8.onnx   INT8, QDQ (NNCF)                            ONNX Runtime
@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.cli import ConfigError
-from export.contract import (
+from inference.contract import (
     IMAGE_SIZE,
     INPUT_NAME,
     INT8_MAX_DROP_POINTS,
@@ -208,7 +208,7 @@ def providers(max_batch: int) -> list:
             continue
         if name == "TensorrtExecutionProvider":
             # Keep built engines between starts, and build one profile covering every batch
-            # size adaptive batching can send, instead of rebuilding per new shape.
+            # size the micro-batcher can send, instead of rebuilding per new shape.
             cache = Path(os.environ.get("TIN_TRT_CACHE", Path(tempfile.gettempdir()) / "tin-trt"))
             shape = f"{INPUT_NAME}:{{}}x{IMAGE_SIZE}x{IMAGE_SIZE}x3"
             options = {

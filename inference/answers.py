@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from export.contract import ModelCard
-from serving import overlay
+from inference import overlay
+from inference.contract import ModelCard
 
 
 def top_k(probs: np.ndarray, k: int, card: ModelCard) -> list[dict]:
