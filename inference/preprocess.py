@@ -33,8 +33,9 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC}[RESIZE_FILTER]
 # JPEG draft decoding stops at four times the model's side: a 4000×3000 photo still decodes at
 # 1/8 scale, while a 500×375 one (which draft would halve, moving pixels by 1.4/255 on average
-# and changing 2.3% of top-1 answers on 1,000 val images, bench/decode.py) decodes in full. The box reduction (REDUCING_GAP as PIL's documentation recommends)
-# only for images still large after decoding: on a drafted 4000×3000 JPEG it would add 0.16/255
+# and changing 2.3% of top-1 answers on 1,000 val images, bench/decode.py) decodes in full.
+# The box reduction (REDUCING_GAP as PIL's documentation recommends) only for images still large
+# after decoding: on a drafted 4000×3000 JPEG it would add 0.16/255
 # of mean difference to the draft's 0.11 (40 val images upscaled, bench/decode.py's photos).
 DRAFT_MIN = 4 * IMAGE_SIZE
 REDUCING_GAP = 3.0
