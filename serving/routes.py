@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
-import bentoml
 import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
@@ -77,6 +76,13 @@ def json_errors(handler: Callable[[Request], Awaitable[JSONResponse]]):
             return JSONResponse(error_body("internal_error", message), status_code=500)
 
     return wrapped
+
+
+def service(request: Request):
+    """The service these routes answer for (serving/service.py's Classifier: its settings, card
+    and model), handed to the app when the service starts (`app.state.service`), not looked up
+    through BentoML."""
+    return request.app.state.service
 
 
 # --- request parsing ---------------------------------------------------------------------------
@@ -351,14 +357,14 @@ async def many_uploads(request: Request, svc, route: str) -> tuple[FormData, lis
 
 @json_errors
 async def classify(request: Request) -> JSONResponse:
-    svc = bentoml.get_current_service()
+    svc = service(request)
     form, data = await one_upload(request, svc, "/classify")
     return JSONResponse(await classify_one(svc, data, form_top_k(form, request)))
 
 
 @json_errors
 async def classify_batch(request: Request) -> JSONResponse:
-    svc = bentoml.get_current_service()
+    svc = service(request)
     form, data = await many_uploads(request, svc, "/classify_batch")
     return JSONResponse(await classify_many(svc, data, form_top_k(form, request)))
 
@@ -368,7 +374,7 @@ async def explain(request: Request) -> Response:
     """The activation maps of the top_k classes (default 3) or of class=WNID: JSON, or with
     format=png the maps drawn over the image, one PNG per class (a multipart/mixed answer when
     there are several)."""
-    svc = bentoml.get_current_service()
+    svc = service(request)
     form, data = await one_upload(request, svc, "/explain")
     ask, fmt = explain_ask(form, request, svc.card), explain_format(form, request)
     body, image = await explain_one(svc, data, ask, keep=fmt == "png")
@@ -385,7 +391,7 @@ async def explain(request: Request) -> Response:
 @json_errors
 async def explain_batch(request: Request) -> JSONResponse:
     """/explain for several images, in order, as JSON; an unusable one gets an error in place."""
-    svc = bentoml.get_current_service()
+    svc = service(request)
     form, data = await many_uploads(request, svc, "/explain_batch")
     ask = explain_ask(form, request, svc.card)
     if explain_format(form, request) != "json":
@@ -394,7 +400,7 @@ async def explain_batch(request: Request) -> JSONResponse:
 
 
 async def labels(request: Request) -> JSONResponse:
-    card = bentoml.get_current_service().card
+    card = service(request).card
     return JSONResponse(
         {
             "labels": [
@@ -407,7 +413,7 @@ async def labels(request: Request) -> JSONResponse:
 
 @json_errors
 async def model(request: Request) -> JSONResponse:
-    svc = bentoml.get_current_service()
+    svc = service(request)
     card = svc.card
     return JSONResponse(
         {
@@ -482,7 +488,7 @@ async def ui(request: Request) -> HTMLResponse:
 async def docs(request: Request) -> JSONResponse:
     # BentoML routes /docs.json after this app, so this one answers: BentoML's own document
     # leaves out every route above (serving/openapi.py).
-    return JSONResponse(bentoml.get_current_service().openapi())
+    return JSONResponse(service(request).openapi())
 
 
 app = Starlette(

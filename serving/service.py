@@ -85,6 +85,7 @@ class Classifier:
 
         self.predictions = batcher("predict", lambda x: (self.backend.predict(x),))
         self.explainer = batcher("explain", self.backend.explain)
+        http_app.state.service = self  # what the mounted routes answer with (serving/routes.py)
         log.info(
             "Classifier: model %s (%d classes), uploads up to %d bytes, %d images per batch "
             "request, %d per engine call%s",
