@@ -176,6 +176,7 @@ CLIS = {
     "clients.cli": (["--no-such-option"], ["predict", "no/such/folder"]),
     "bench.inference": (["--no-such-option"], ["--model", "missing.onnx"]),
     "bench.decode": (["--no-such-option"], ["missing-val-folder"]),
+    "bench.peers": (["--no-such-option"], ["--servers", "nope"]),
     "bench.http": (["--no-such-option"], ["-c", "0"]),
     "scripts/gpu/rows.py": (["--no-such-option"], ["no-such-run"]),
     "scripts/gpu/lease.py": (["--no-such-option"], ["rehearse"]),
