@@ -36,9 +36,8 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from inference.batcher import Overloaded
 from serving.config import MAX_TOP_K
-from serving.routes import ApiError, error_body
+from serving.routes import REFUSALS, error_body, refusal
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
 
@@ -123,11 +122,8 @@ def api_errors(func):
     async def wrapped(*args, **kwargs):
         try:
             return await func(*args, **kwargs)
-        except ApiError as e:
-            return JSONResponse(error_body(e.code, e.message), status_code=e.status)
-        except Overloaded:
-            message = "the model is overloaded or unavailable; retry later"
-            return JSONResponse(error_body("unavailable", message), status_code=503)
+        except REFUSALS as e:
+            return refusal(e)
 
     return wrapped
 

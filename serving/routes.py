@@ -53,23 +53,31 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
+REFUSALS = (ApiError, Overloaded)
+
+
+def refusal(e: ApiError | Overloaded) -> JSONResponse:
+    """The answer to a refused request, for the mounted routes and the native APIs alike."""
+    if isinstance(e, Overloaded):  # the batching queue is too long (inference/batcher.py)
+        message = "the model is overloaded or unavailable; retry later"
+        return JSONResponse(error_body("unavailable", message), status_code=503)
+    return JSONResponse(error_body(e.code, e.message), status_code=e.status)
+
+
 def json_errors(handler: Callable[[Request], Awaitable[JSONResponse]]):
-    """Answer ApiError with its status and anything unexpected with a JSON 500, never a trace."""
+    """Answer a refusal as `refusal` does and anything unexpected with a JSON 500, never a trace."""
 
     async def wrapped(request: Request) -> JSONResponse:
         try:
             return await handler(request)
-        except ApiError as e:
-            return JSONResponse(error_body(e.code, e.message), status_code=e.status)
+        except REFUSALS as e:
+            return refusal(e)
         except ClientDisconnect:
             # The client hung up before its body was in: no one to answer, and not a failure of
             # the service, which a 500 would count it as. 499 as nginx logs it.
             log.info("%s %s: the client hung up mid-request", request.method, request.url.path)
             message = "the client closed the connection before sending its body"
             return JSONResponse(error_body("client_disconnected", message), status_code=499)
-        except Overloaded:  # the batching queue is too long (inference/batcher.py)
-            message = "the model is overloaded or unavailable; retry later"
-            return JSONResponse(error_body("unavailable", message), status_code=503)
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
             message = "unexpected server error; see the server log"

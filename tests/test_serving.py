@@ -297,6 +297,21 @@ def test_wrong_method_is_a_json_405_that_says_what_is_allowed(client):
     assert_error(client.post("/labels"), 405, "method_not_allowed")
 
 
+def test_a_queue_too_long_to_wait_on_is_a_503_on_both_surfaces(client):
+    from serving.routes import app
+
+    batcher = app.state.service.predictions
+    measured = batcher.seconds_per_image
+    batcher.seconds_per_image = 1e6  # every request would now wait past TIN_BATCH_MAX_LATENCY_MS
+    try:
+        assert_error(classify(client, GOOD_JPEG), 503, "unavailable")
+        native = client.post("/api/classify", files={"image": ("x.jpg", GOOD_JPEG, "image/jpeg")})
+        assert_error(native, 503, "unavailable")
+    finally:
+        batcher.seconds_per_image = measured
+    assert classify(client, GOOD_JPEG).status_code == 200
+
+
 def test_a_client_that_hangs_up_is_not_a_server_error():
     async def reads_the_body(request):
         await request.body()
