@@ -2,19 +2,26 @@
 
     PYTHONPATH=REPO python -m bench.peer_servers.litserve_server MODEL PORT   (LitServe's venv)
 
-POST /classify with a multipart field `image`; batches of up to 32 with LitServe's 2 ms batching
-timeout (its documented way to batch), one worker. Answers the top-5 indices and probabilities.
+POST /classify with the image itself as the body (Content-Type image/jpeg): decode_request's
+parameter is a FastAPI `bytes` body, so LitServe hands the bytes through untouched (its default
+parameter would parse JSON or a form). Decoded with inference.preprocess.decode, predicted with
+inference.backend.open_backend (`auto`); batches of up to 32 with a 2 ms batching timeout
+(LitServe's documented way to batch), one worker.
+No `from __future__ import annotations`: LitServe reads decode_request's annotation as an object. Answers the top-5 indices and probabilities.
+Readiness: GET /health is 200 once the worker has set up.
 """
 
-from __future__ import annotations
-
 import sys
+from typing import Annotated
 
 import litserve as ls
 import numpy as np
+from fastapi import Body
 
 from inference.backend import open_backend
 from inference.preprocess import decode
+
+ImageBody = Annotated[bytes, Body(media_type="image/jpeg")]
 
 
 class Classify(ls.LitAPI):
@@ -26,8 +33,8 @@ class Classify(ls.LitAPI):
         self.backend = open_backend(self.model, max_batch=32)
         self.backend.warm_up()
 
-    def decode_request(self, request):
-        return decode(request["image"].file.read())
+    def decode_request(self, request: ImageBody):
+        return decode(request)
 
     def batch(self, inputs):
         return np.stack(inputs)
@@ -45,4 +52,5 @@ class Classify(ls.LitAPI):
 
 if __name__ == "__main__":
     model, port = sys.argv[1], int(sys.argv[2])
-    ls.LitServer(Classify(model), accelerator="cpu", workers_per_device=1).run(port=port)
+    server = ls.LitServer(Classify(model), accelerator="cpu", workers_per_device=1)
+    server.run(host="127.0.0.1", port=port, generate_client_file=False)
