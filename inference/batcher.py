@@ -5,8 +5,9 @@ it as one call, run on one engine thread off the event loop. There is no fixed o
 with a short queue a request runs at once, and under load the batches grow by themselves, since
 requests pile up while the engine is busy. Measured against the BentoML setup it replaces (a
 model service in its own process behind adaptive batching): that setup paid an HTTP hop per call
-and learned a batching wait from bursts that it kept, so single requests ran 5× slower (15 → 80
-ms p50 on 2 AMD EPYC cores) for minutes after any burst (BENCHMARKS.md, "Serving peers").
+and learned a batching wait from bursts that it kept: one client's p50 went from 10.9 ms fresh
+to 56 ms after a burst, against 5.6 and 6.9 ms here (2 AMD EPYC cores; BENCHMARKS.md, "before
+and after the in-process micro-batcher").
 
 The bound that keeps a flood from queueing forever: a request whose expected wait (the images
 ahead of it × the measured seconds per image) is over `max_wait_s` is refused with Overloaded,
