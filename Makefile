@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # What the test suite needs; each role installs only its own extra elsewhere.
 TEST_EXTRAS ?= train,export,serve,client,batch,dev
 
-.PHONY: test serve serve-flip bento bench lint format clean
+.PHONY: test serve serve-flip bento bench bench-peers lint format clean
 
 $(VENV)/.installed-$(TEST_EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,15 @@ bench: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m bench.batch --model $(BENCH_MODEL) --write $(BENCH_OUT) \
 	  $${TINY_IMAGENET_VAL_IMAGES:+--images "$$TINY_IMAGENET_VAL_IMAGES"}
 	bash scripts/fuzz_http.sh $(PY) $(BENCH_MODEL) $(BENCH_OUT)
+
+# This service beside LitServe and Triton (PyTriton) on the same model, decode and engine, one at
+# a time under the same `hey` load (bench/peers.py); the peers live in venvs outside the work tree
+# (scripts/peers_setup.sh: hey from apt, LitServe, PyTriton on a Python 3.12 with a shared
+# libpython). About 8 minutes; run it on an otherwise idle machine.
+bench-peers: $(VENV)/.installed-$(TEST_EXTRAS)
+	bash scripts/peers_setup.sh
+	$(PY) -m bench.peers --write $(BENCH_OUT) \
+	  $${TINY_IMAGENET_VAL_IMAGES:+--image "$$(ls "$$TINY_IMAGENET_VAL_IMAGES"/*.JPEG | head -1)"}
 
 lint: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m ruff check .

@@ -6,9 +6,11 @@ POST /classify with the image itself as the body (Content-Type image/jpeg): deco
 parameter is a FastAPI `bytes` body, so LitServe hands the bytes through untouched (its default
 parameter would parse JSON or a form). Decoded with inference.preprocess.decode, predicted with
 inference.backend.open_backend (`auto`); batches of up to 32 with a 2 ms batching timeout
-(LitServe's documented way to batch), one worker.
-No `from __future__ import annotations`: LitServe reads decode_request's annotation as an object. Answers the top-5 indices and probabilities.
+(LitServe's documented way to batch), one worker. Answers the top-5 indices and probabilities.
 Readiness: GET /health is 200 once the worker has set up.
+
+No `from __future__ import annotations` here: LitServe hands decode_request's annotation to
+FastAPI as it finds it, and a string would make the body a query parameter.
 """
 
 import sys
