@@ -26,91 +26,17 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-from typing import Annotated
 
-from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serving.config import MAX_TOP_K
 from serving.routes import REFUSALS, error_body, refusal
-
-log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
 
 NATIVE_PREFIX = "/api/"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-
-# strict: BentoML json-decodes each form field, and a lax int would take `true` as 1.
-TopK = Annotated[
-    int,
-    Field(ge=1, le=MAX_TOP_K, strict=True, description="how many classes to answer"),
-]
-
-
-class Prediction(BaseModel):
-    rank: int
-    wnid: str
-    label: str
-    probability: float
-
-
-class Classification(BaseModel):
-    model: str
-    predictions: list[Prediction]
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ImageResult(BaseModel):
-    # [] rather than None for a failed image: BentoML's client cannot decode a null where its
-    # schema says array (_bentoml_impl/serde.py GenericSerde._decode iterates it).
-    index: int
-    predictions: list[Prediction] = []
-    error: ErrorDetail | None = None
-
-
-class BatchClassification(BaseModel):
-    model: str
-    results: list[ImageResult]
-
-
-class ClassMap(Prediction):
-    """One class's activation map (h rows of w values, logit units): mean(cam) + bias = logit."""
-
-    logit: float
-    bias: float
-    cam: list[list[float]]
-
-
-class Explanation(BaseModel):
-    model: str
-    map_size: list[int]
-    image_size: list[int]  # the upload's width and height, as displayed (EXIF applied)
-    predictions: list[ClassMap]
-
-
-class ExplainResult(BaseModel):
-    index: int
-    image_size: list[int] = []
-    predictions: list[ClassMap] = []
-    error: ErrorDetail | None = None
-
-
-class BatchExplanation(BaseModel):
-    model: str
-    map_size: list[int]
-    results: list[ExplainResult]
-
-
-# One name per wnid: Tiny ImageNet's are "n" and 8 digits; other models may name them otherwise.
-Wnid = Annotated[str, Field(min_length=1, max_length=64, description="a class, as in GET /labels")]
 
 
 def api_errors(func):
@@ -247,37 +173,6 @@ class NativeErrors:
     async def _refuse(self, scope, send, status: int, code: str, message: str) -> None:
         response = JSONResponse(error_body(code, message), status_code=status)
         await response(scope, _replay(b""), send)
-
-
-class ServerErrors:
-    """Turns an exception raised inside the service's middlewares (or anything below them that
-    has not answered yet) into a JSON 500. Without it the request hangs: BentoML's
-    TimeoutMiddleware (bentoml/_internal/server/http/traffic.py) waits for a first `send` until
-    traffic.timeout (120 s) and then cannot answer either. Register it first."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = False
-
-        async def tracking(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking)
-        except Exception:
-            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
-            if started:
-                raise
-            message = "unexpected server error; see the server log"
-            await JSONResponse(error_body("internal_error", message), status_code=500)(
-                scope, _replay(b""), send
-            )
 
 
 def _replay(body: bytes, then=None):

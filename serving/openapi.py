@@ -4,12 +4,17 @@ BentoML 1.4 builds /docs.json from its @bentoml.api methods, its own /healthz, /
 and /metrics, and mounted FastAPI apps only: the Starlette routes mounted here would be missing,
 and with them everything a client generator or a fuzzer (schemathesis, tests/test_fuzz.py) needs.
 So the routes serve /docs.json themselves (BentoML's part plus these paths); BentoML's Swagger UI
-at / reads the same document.
+at / reads the same document. The answers' schemas are the pydantic models of serving/schemas.py,
+the same ones the native APIs return (and BentoML's /schema.json describes); only the requests'
+forms (multipart fields, raw bodies, query parameters) are written here.
 """
 
 from __future__ import annotations
 
-from serving.config import DEFAULT_EXPLAIN_TOP_K, DEFAULT_TOP_K, MAX_TOP_K
+from pydantic import TypeAdapter
+
+from serving import schemas
+from serving.config import DEFAULT_EXPLAIN_TOP_K, DEFAULT_TOP_K
 
 TITLE = "Tiny ImageNet classifier"
 DESCRIPTION = (
@@ -23,7 +28,7 @@ DESCRIPTION = (
 
 REF = "#/components/schemas/"
 BINARY = {"type": "string", "format": "binary", "minLength": 1}  # 0 bytes: empty_image
-TOP_K = {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": DEFAULT_TOP_K}
+TOP_K = {**TypeAdapter(schemas.TopK).json_schema(), "default": DEFAULT_TOP_K}
 TOP_K_QUERY = {
     "name": "top_k",
     "in": "query",
@@ -179,109 +184,10 @@ def paths(max_images: int) -> dict:
     }
 
 
-_STRING = {"type": "string"}
-_PREDICTION = {
-    "type": "object",
-    "required": ["rank", "wnid", "label", "probability"],
-    "properties": {
-        "rank": {"type": "integer", "minimum": 1},
-        "wnid": _STRING,
-        "label": _STRING,
-        "probability": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-}
-_ERROR_DETAIL = {
-    "type": "object",
-    "required": ["code", "message"],
-    "properties": {
-        "code": {"type": "string", "minLength": 1},
-        "message": {"type": "string", "minLength": 1},
-    },
-}
-
-_CLASS_MAP = {
-    "type": "object",
-    "required": [*_PREDICTION["required"], "logit", "bias", "cam"],
-    "properties": {
-        **_PREDICTION["properties"],
-        "logit": {"type": "number"},
-        "bias": {"type": "number"},
-        "cam": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-    },
-}
-_SIZE = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
+SCHEMAS = schemas.components(REF)  # the answers' models: serving/schemas.py
 
 
-def _array(items: dict) -> dict:
-    return {"type": "array", "items": items}
-
-
-def _batch(top: dict, each: dict) -> dict:
-    """A batch answer: the model, `top`, and one result per image in order (its index, `each`,
-    or its error)."""
-    result = {
-        "type": "object",
-        "required": ["index"],
-        "properties": {"index": {"type": "integer", "minimum": 0}, **each, "error": _ERROR_DETAIL},
-    }
-    return {
-        "type": "object",
-        "required": ["model", *top, "results"],
-        "properties": {"model": _STRING, **top, "results": _array(result)},
-    }
-
-
-SCHEMAS = {
-    "Error": {"type": "object", "required": ["error"], "properties": {"error": _ERROR_DETAIL}},
-    "Explanation": {
-        "type": "object",
-        "required": ["model", "map_size", "image_size", "predictions"],
-        "properties": {
-            "model": _STRING,
-            "map_size": _SIZE,
-            "image_size": _SIZE,
-            "predictions": {"type": "array", "items": _CLASS_MAP},
-        },
-    },
-    "BatchExplanation": _batch(
-        {"map_size": _SIZE}, {"image_size": _SIZE, "predictions": _array(_CLASS_MAP)}
-    ),
-    "Prediction": _PREDICTION,
-    "Classification": {
-        "type": "object",
-        "required": ["model", "predictions"],
-        "properties": {"model": _STRING, "predictions": {"type": "array", "items": _PREDICTION}},
-    },
-    "BatchClassification": _batch({}, {"predictions": _array(_PREDICTION)}),
-    "Labels": {
-        "type": "object",
-        "required": ["labels"],
-        "properties": {
-            "labels": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["index", "wnid", "label"],
-                    "properties": {"index": {"type": "integer"}, "wnid": _STRING, "label": _STRING},
-                },
-            }
-        },
-    },
-    "ModelInfo": {
-        "type": "object",
-        "required": ["name", "classes", "input", "backend", "limits"],
-        "properties": {
-            "name": _STRING,
-            "classes": {"type": "integer", "minimum": 1},
-            "input": {"type": "object"},
-            "backend": {"type": "object"},
-            "limits": {"type": "object"},
-        },
-    },
-}
-
-
-NATIVE_PREFIX = "/api/"  # serving/native.py; not imported, to keep this module dependency-free
+NATIVE_PREFIX = "/api/"  # serving/native.py's; not imported, which would bring in starlette
 PUBLIC = ("/livez", "/readyz", "/healthz", "/metrics", "/ui")  # serving/auth.py OPEN_PATHS
 
 

@@ -19,18 +19,8 @@ import numpy as np
 from inference.answers import Ask
 from inference.backend import open_backend
 from inference.batcher import Batcher, engine_thread
-from serving import auth, config, openapi, traffic
-from serving.native import (
-    BatchClassification,
-    BatchExplanation,
-    Classification,
-    Explanation,
-    NativeErrors,
-    ServerErrors,
-    TopK,
-    Wnid,
-    api_errors,
-)
+from serving import auth, bentoml_patches, config, openapi
+from serving.native import NativeErrors, api_errors
 from serving.routes import app as http_app
 from serving.routes import (
     check_count,
@@ -40,9 +30,17 @@ from serving.routes import (
     explain_many,
     explain_one,
 )
+from serving.schemas import (
+    BatchClassification,
+    BatchExplanation,
+    Classification,
+    Explanation,
+    TopK,
+    Wnid,
+)
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
-traffic.install()  # BentoML's request timeout, with its timer cancelled (serving/traffic.py)
+bentoml_patches.install()  # BentoML's request timeout, with its timer cancelled
 
 MODEL_TAG = config.settings().model_tag  # TIN_MODEL as name:version, when it is a stored model
 
@@ -167,7 +165,7 @@ class Classifier:
 # concurrency; _bentoml_impl/server/app.py ServiceAppFactory.middlewares). ServerErrors first:
 # an exception below it would otherwise hang the request until the traffic timeout; then the
 # key check, so that an unauthenticated body is never read.
-Classifier.add_asgi_middleware(ServerErrors)
+Classifier.add_asgi_middleware(bentoml_patches.ServerErrors)
 Classifier.add_asgi_middleware(auth.ApiKeyMiddleware, keys=auth.api_keys())
 Classifier.add_asgi_middleware(
     NativeErrors,

@@ -1,0 +1,116 @@
+"""serving/bentoml_patches.py: each patch does its job, and each is still needed (a test of
+BentoML's own behaviour that fails once upstream changes it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+from serving import bentoml_patches as patches
+
+REQUEST = contextvars.ContextVar("request")
+
+
+class Marker:
+    """Stands for a request's state (its span, its context) held in a contextvar."""
+
+
+def scope():
+    return {"type": "http", "method": "POST", "path": "/classify", "headers": []}
+
+
+async def call(middleware) -> list[dict]:
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await middleware(scope(), receive, send)
+    return sent
+
+
+async def answer(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_finished_request_leaves_no_timer_holding_its_state():
+    async def main():
+        REQUEST.set(Marker())  # what BentoML's outer middlewares set before the timeout's
+        sent = await call(patches.TimeoutMiddleware(answer, timeout=120))
+        return sent, list(asyncio.get_running_loop()._scheduled)
+
+    sent, timers = asyncio.run(main())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert all(h.cancelled() for h in timers)  # BentoML's own leaves one, due in 120 s
+    # nor does a cancelled handle, until the loop drops it, keep the request's context
+    assert not any(REQUEST in h._context for h in timers)
+
+
+def test_a_slow_request_still_gets_504():
+    async def slow(scope, receive, send):
+        await asyncio.sleep(10)
+
+    sent = asyncio.run(call(patches.TimeoutMiddleware(slow, timeout=0.05)))
+    assert sent[0]["status"] == 504
+
+
+def test_bentomls_own_timer_still_outlives_the_request():
+    """The reason for TimeoutMiddleware; when BentoML fixes it, this fails: drop the patch."""
+
+    async def main():
+        REQUEST.set(Marker())
+        await call(patches._Original(answer, timeout=120))
+        return list(asyncio.get_running_loop()._scheduled)
+
+    timers = asyncio.run(main())
+    assert any(not h.cancelled() and REQUEST in h._context for h in timers)
+
+
+def test_install_replaces_bentomls_class():
+    from bentoml._internal.server.http import traffic as bentoml_traffic
+
+    patches.install()
+    assert bentoml_traffic.TimeoutMiddleware is patches.TimeoutMiddleware
+
+
+async def fails(scope, receive, send):
+    raise RuntimeError("a middleware's bug")
+
+
+def test_an_exception_before_any_answer_is_a_json_500_at_once():
+    sent = asyncio.run(call(patches.TimeoutMiddleware(patches.ServerErrors(fails), timeout=60)))
+    assert sent[0]["status"] == 500
+    assert b'"internal_error"' in sent[1]["body"]
+
+
+def test_bentomls_timeout_still_turns_an_exception_into_a_wait_and_no_answer():
+    """The reason for ServerErrors; when BentoML answers or raises the app's failure, this
+    fails."""
+
+    async def main():
+        start = asyncio.get_running_loop().time()
+        sent = await call(patches._Original(fails, timeout=0.2))
+        return sent, asyncio.get_running_loop().time() - start
+
+    sent, waited = asyncio.run(main())
+    assert sent == [] and waited >= 0.2
+
+
+def test_bentomls_client_still_refuses_a_file_object_that_bytes_upload_fixes():
+    """The reason for clients/bentoml_upload.py; when BentoML's client takes any binary file
+    object, this fails: drop BytesUpload."""
+    import io
+
+    import pytest
+    from _bentoml_impl.client.base import ClientFileManager
+
+    from clients.bentoml_upload import BytesUpload
+
+    with pytest.raises(AssertionError):
+        ClientFileManager().get_file(io.BytesIO(b"jpeg"))
+    name, file, kind = ClientFileManager().get_file(BytesUpload(b"jpeg", "cat.jpg"))
+    assert (name, file.read(), kind) == ("cat.jpg", b"jpeg", "image/jpeg")
