@@ -1,12 +1,14 @@
-"""python -m batch INPUT... --out OUTPUT [--format parquet|jsonl] [--top-k 5] [--address ADDR]
+"""python -m batch INPUT... --out OUTPUT [--format parquet|jsonl] [--top-k 5] [--min-confidence P]
+    [--address ADDR]
     [--actors N] [--threads T] [--model model.onnx] [--backend auto] [--precision auto]
 
 Top-k classes for any number of images, on Ray Data. Inputs are folders (recursively), globs,
 text files listing one path a line, or files, on any filesystem pyarrow knows (s3://...). The
-output folder receives Parquet (or JSONL) files of path, top-k wnids, labels, probabilities and
-error; rerunning the same command skips the paths already there, so a killed job resumes and
-loses nothing it had written. Without --address (or RAY_ADDRESS) it runs on an embedded local Ray.
-Prints one JSON line: inputs, skipped, written, errors, seconds.
+output folder receives Parquet (or JSONL) files of path, top-k wnids, labels, probabilities,
+confident (with --min-confidence) and error; rerunning the same command skips the paths already
+there, so a killed job resumes and loses nothing it had written. Without --address (or
+RAY_ADDRESS) it runs on an embedded local Ray. Prints one JSON line: inputs, skipped, written,
+errors, seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="folders, globs, list files, files")
     p.add_argument("--out", required=True, help="output folder (local or URI)")
     p.add_argument("--format", choices=FORMATS, default="parquet")
-    p.add_argument("--top-k", type=int, default=5, metavar="K")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image")
+    p.add_argument("--min-confidence", type=float, metavar="P",
+                   help="fill the confident column: top-1 probability >= P (the model card's "
+                        "calibration.selective gives P for 80%% and 90%% top-1)")  # fmt: skip
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--actors", type=int, help="inference actors, one engine each (default: plan())")
     p.add_argument("--threads", type=int, help="intra-op threads per actor")
@@ -66,6 +71,7 @@ def run(a) -> dict:
         batch_size=a.batch_size,
         rows_per_file=a.rows_per_file,
         decode_cpus=a.decode_cpus,
+        min_confidence=a.min_confidence,
     )
 
 

@@ -34,6 +34,7 @@ from batch.sink import (
     remove_partial,
 )
 from common.cli import ConfigError
+from inference.answers import confident
 from inference.contract import IMAGE_SIZE, int8_paths
 
 PROJECT_PACKAGES = ("serving", "export", "common", "batch")  # what the workers import
@@ -82,7 +83,8 @@ class Predictor:
     TIN_PRECISION take them) with `threads` threads; top-k per image, ranked as the service ranks
     them (inference/answers.py `top_k`), probabilities unrounded."""
 
-    def __init__(self, files, fp32_name: str, engine: str, precision: str, top_k: int, threads):
+    def __init__(self, files, fp32_name: str, engine: str, precision: str, top_k: int, threads,
+                 min_confidence: float | None = None):  # fmt: skip
         from inference.backend import open_backend
 
         if not isinstance(files, dict):  # Ray Data hands constructor arguments over as given
@@ -96,12 +98,13 @@ class Predictor:
         self.backend = open_backend(path, engine, precision, BATCH_SIZE, threads)
         card = self.backend.card
         self.wnids, self.names, self.k = np.array(card.wnids), np.array(card.names), top_k
+        self.least = min_confidence
 
     def __call__(self, batch: dict) -> pa.Table:
         codes, messages = batch["error_code"], batch["error_message"]
         ok = np.array([c == "" for c in codes], bool)
         n = len(ok)
-        wnids, labels, probs = [None] * n, [None] * n, [None] * n
+        wnids, labels, probs, sure = [None] * n, [None] * n, [None] * n, [None] * n
         if ok.any():
             p = self.backend.predict(np.ascontiguousarray(batch["image"][ok]))
             order = np.argsort(-p, axis=1, kind="stable")[:, : self.k]
@@ -109,9 +112,10 @@ class Predictor:
             for j, i in enumerate(np.flatnonzero(ok)):
                 wnids[i], labels[i] = self.wnids[order[j]].tolist(), self.names[order[j]].tolist()
                 probs[i] = top[j]
+                sure[i] = confident(p[j], self.least)
         pairs = zip(codes, messages, strict=True)
         errors = [None if c == "" else {"code": c, "message": m} for c, m in pairs]
-        columns = [list(batch["path"]), wnids, labels, probs, errors]
+        columns = [list(batch["path"]), wnids, labels, probs, sure, errors]
         arrays = [pa.array(c, f.type) for c, f in zip(columns, SCHEMA, strict=True)]
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
@@ -155,7 +159,7 @@ def plan(cpus: float, actors: int | None, threads: int | None) -> tuple[int, int
 
 
 def pipeline(todo: list[str], model: str, backend: tuple, top_k: int, jobs: tuple, batch_size,
-             decode_cpus):  # fmt: skip
+             decode_cpus, min_confidence=None):  # fmt: skip
     """The Ray Dataset: paths -> read + decode -> predict on the actor pool."""
     import ray
 
@@ -179,7 +183,14 @@ def pipeline(todo: list[str], model: str, backend: tuple, top_k: int, jobs: tupl
         )
         .map_batches(
             Predictor,
-            fn_constructor_args=(files, Path(model).name, *backend, top_k, n_threads),
+            fn_constructor_args=(
+                files,
+                Path(model).name,
+                *backend,
+                top_k,
+                n_threads,
+                min_confidence,
+            ),
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_actors),
@@ -217,6 +228,7 @@ def predict_dataset(
     batch_size: int = BATCH_SIZE,
     rows_per_file: int = ROWS_PER_FILE,
     decode_cpus: float | None = None,
+    min_confidence: float | None = None,
 ) -> dict:
     """Classify every image of `inputs` not yet in `out` and add their rows to `out`.
 
@@ -225,6 +237,8 @@ def predict_dataset(
     resources match): no copy of the decoded images between processes, the fastest for small
     images. A number runs decoding as separate tasks reserving that many CPUs each, which spreads
     an expensive decode (large photos) over every CPU instead of over the actors.
+    min_confidence: each row's `confident` says whether its top-1 probability reaches it (as
+    the service's "confident"); None leaves the column null.
 
     Returns {"inputs", "skipped" (already in out), "written" and "errors" (this run), "seconds"
     (the whole call) and "pipeline_seconds" (Ray Data's execution, actor start-up included)}.
@@ -236,6 +250,8 @@ def predict_dataset(
         raise ConfigError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     if top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise ConfigError(f"min_confidence is a probability from 0 to 1, got {min_confidence}")
     model = model or default_model()
     paths = list_inputs(inputs)
     remove_partial(out)
@@ -245,7 +261,8 @@ def predict_dataset(
     if todo:
         connect(address)
         jobs = plan(ray.cluster_resources()["CPU"], actors, threads)
-        ds = pipeline(todo, model, (engine, precision), top_k, jobs, batch_size, decode_cpus)
+        ds = pipeline(todo, model, (engine, precision), top_k, jobs, batch_size, decode_cpus,
+                      min_confidence)  # fmt: skip
         t0 = time.perf_counter()
         ds.write_datasink(AtomicDatasink(out, fmt, rows_per_file), ray_remote_args=write_args(out))
         report["pipeline_seconds"] = round(time.perf_counter() - t0, 2)

@@ -26,6 +26,8 @@ SCHEMA = pa.schema(
         ("wnids", pa.list_(pa.string())),
         ("labels", pa.list_(pa.string())),
         ("probabilities", pa.list_(pa.float32())),
+        # top-1 probability >= --min-confidence; null without one, or for a failed image
+        ("confident", pa.bool_()),
         ("error", ERROR_TYPE),
     ]
 )

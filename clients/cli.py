@@ -57,6 +57,7 @@ CSV_FIELDS = [
     "wnid",
     "label",
     "probability",
+    "confident",
     "top_k_wnids",
     "top_k_probabilities",
     "error_code",
@@ -119,7 +120,7 @@ def csv_row(result: Result) -> list:
     if result.error is not None:
         # One line per record, so that a torn last record is found by its missing newline.
         message = " ".join(result.error.message.split())
-        return [result.input, "", "", "", "", "", "", result.error.code, message]
+        return [result.input, "", "", "", "", "", "", "", result.error.code, message]
     top = result.predictions
     return [
         result.input,
@@ -127,6 +128,7 @@ def csv_row(result: Result) -> list:
         top[0].wnid,
         top[0].label,
         top[0].probability,
+        "" if result.confident is None else str(result.confident).lower(),
         " ".join(p.wnid for p in top),
         " ".join(str(p.probability) for p in top),
         "",
@@ -236,16 +238,19 @@ def predict(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
     previous = read_previous(out) if out else {}
     todo = [p for p in images if p not in previous]
     failed_before = sum(1 for p in images if p in previous and not previous[p])
-    classified, failures = 0, []
+    classified, unsure, failures = 0, 0, []
     stopped: str | None = None
     start = time.perf_counter()
     with results_sink(out) as write, make_client(args, transport) as client:
-        results = client.classify_iter(todo, top_k=args.top_k, progress=args.progress)
+        results = client.classify_iter(
+            todo, top_k=args.top_k, progress=args.progress, min_confidence=args.min_confidence
+        )
         try:
             for result in results:
                 write(result)
                 if result.ok:
                     classified += 1
+                    unsure += result.confident is False
                 else:
                     failures.append(result)
         except ClientError as e:
@@ -257,6 +262,8 @@ def predict(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
     warn_list(f"failed ({len(failures)}):", [failure_line(r) for r in failures])
     done = classified + len(failures)
     summary = f"predict: {classified} classified, {len(failures)} failed"
+    if unsure:
+        summary += f", {unsure} below min_confidence (confident: false)"
     if previous:
         summary += f", {len(images) - len(todo)} already in {out} ({failed_before} of them failed)"
     if done:
@@ -287,7 +294,13 @@ def explain(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
     failed_before = sum(1 for p in images if p in previous and not previous[p])
     written, failures, stopped = 0, [], None
     with results_sink(records) as write, make_client(args, transport) as client:
-        results = client.explain_iter(todo, top_k=args.top_k, cls=args.cls, progress=args.progress)
+        results = client.explain_iter(
+            todo,
+            top_k=args.top_k,
+            cls=args.cls,
+            progress=args.progress,
+            min_confidence=args.min_confidence,
+        )
         try:
             for result in results:
                 if result.ok:
@@ -406,6 +419,27 @@ def top_k(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability from 0 to 1, got {text!r}")
+    return value
+
+
+def add_min_confidence(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--min-confidence",
+        type=probability,
+        metavar="P",
+        help="mark answers whose top-1 probability is below P as confident: false (they are "
+        "still listed); GET /model's calibration.selective gives P for 80%% and 90%% top-1. "
+        "Default: the service's TIN_MIN_CONFIDENCE, else no judgement",
+    )
+
+
 def add_client_options(p: argparse.ArgumentParser) -> None:
     url = os.environ.get("TIN_URL", DEFAULT_URL)
     p.add_argument("--url", default=url, help=f"the service (default $TIN_URL or {DEFAULT_URL})")
@@ -442,6 +476,7 @@ def parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("paths", nargs="+", metavar="PATH")
     pr.add_argument("--top-k", type=top_k, default=DEFAULT_TOP_K, metavar="K")
+    add_min_confidence(pr)
     pr.add_argument(
         "--out",
         metavar="FILE",
@@ -474,6 +509,7 @@ def parser() -> argparse.ArgumentParser:
         "--top-k", type=top_k, default=DEFAULT_EXPLAIN_TOP_K, metavar="K", help="the K most likely"
     )
     which.add_argument("--class", dest="cls", metavar="WNID", help="this class instead")
+    add_min_confidence(ex)
     add_client_options(ex)
     return p
 

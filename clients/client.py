@@ -70,7 +70,9 @@ RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProt
 # A multi-image request refused with these may have been refused for one of its images (too
 # large, too many): it is split so that only the culprit fails. Not for codes no image causes.
 SPLIT_STATUSES = frozenset({400, 413})
-UNSPLITTABLE_CODES = frozenset({"bad_top_k", "unsupported_media_type", "unauthorized"})
+UNSPLITTABLE_CODES = frozenset(
+    {"bad_top_k", "bad_min_confidence", "unsupported_media_type", "unauthorized"}
+)
 
 
 def _integer(name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -88,6 +90,18 @@ def _integer(name: str, value: Any, low: int, high: int | None = None) -> int:
 def check_top_k(top_k: int) -> int:
     # Checked here: a bad top_k would make the server refuse every batch.
     return _integer("top_k", top_k, 1, MAX_TOP_K)
+
+
+def judging(min_confidence: float | None) -> dict:
+    """The form field asking the service to judge its answers by `min_confidence` (a top-1
+    probability, 0 to 1: below it an answer says confident=False); {} leaves the service's own
+    default (TIN_MIN_CONFIDENCE, else no judgement)."""
+    if min_confidence is None:
+        return {}
+    ok = isinstance(min_confidence, int | float) and not isinstance(min_confidence, bool)
+    if not ok or not 0 <= min_confidence <= 1:
+        raise ValueError(f"min_confidence must be a number from 0 to 1, got {min_confidence!r}")
+    return {"min_confidence": repr(float(min_confidence))}
 
 
 def _positive(name: str, value: int) -> int:
@@ -205,9 +219,9 @@ class _ClientBase:
         )
 
     @staticmethod
-    def classify_request(image: Any, top_k: int) -> tuple[str, dict]:
+    def classify_request(image: Any, top_k: int, least: float | None = None) -> tuple[str, dict]:
         """(the input's name, the keyword arguments of POST /classify)."""
-        data = {"top_k": str(check_top_k(top_k))}
+        data = {"top_k": str(check_top_k(top_k)), **judging(least)}
         name = describe(image, 0)
         files = {"image": (filename(name), image_bytes(image), "application/octet-stream")}
         return name, {"files": files, "data": data}
@@ -215,20 +229,30 @@ class _ClientBase:
     @staticmethod
     def classify_answer(name: str, response: httpx.Response) -> Result:
         body = json_body(response)
-        return Result(0, name, predictions(body.get("predictions")), model=body.get("model"))
+        found = predictions(body.get("predictions"))
+        sure = body.get("confident")
+        return Result(
+            0,
+            name,
+            found,
+            model=body.get("model"),
+            confident=sure if isinstance(sure, bool) else None,
+        )
 
     @staticmethod
-    def explain_params(top_k: int, cls: str | None) -> dict:
+    def explain_params(top_k: int, cls: str | None, least: float | None = None) -> dict:
         """The form fields asking for the maps of the top_k classes, or of class `cls`."""
         if cls is not None:
             if not isinstance(cls, str) or not cls:
                 raise ValueError(f"cls must be a wnid (GET /labels lists them), got {cls!r}")
-            return {"class": cls}
-        return {"top_k": str(check_top_k(top_k))}
+            return {"class": cls, **judging(least)}
+        return {"top_k": str(check_top_k(top_k)), **judging(least)}
 
-    def explain_request(self, image: Any, top_k: int, cls: str | None) -> tuple[str, dict]:
+    def explain_request(
+        self, image: Any, top_k: int, cls: str | None, least: float | None = None
+    ) -> tuple[str, dict]:
         """(the input's name, the keyword arguments of POST /explain)."""
-        data = self.explain_params(top_k, cls)
+        data = self.explain_params(top_k, cls, least)
         name = describe(image, 0)
         files = {"image": (filename(name), image_bytes(image), "application/octet-stream")}
         return name, {"files": files, "data": data}
@@ -238,11 +262,11 @@ class _ClientBase:
         return explanation(name, json_body(response), image)
 
     @staticmethod
-    def classify_job(top_k: int) -> _Job:
-        return _Job("/classify_batch", {"top_k": str(check_top_k(top_k))})
+    def classify_job(top_k: int, least: float | None = None) -> _Job:
+        return _Job("/classify_batch", {"top_k": str(check_top_k(top_k)), **judging(least)})
 
-    def explain_job(self, top_k: int, cls: str | None) -> _Job:
-        return _Job("/explain_batch", self.explain_params(top_k, cls), Explanation)
+    def explain_job(self, top_k: int, cls: str | None, least: float | None = None) -> _Job:
+        return _Job("/explain_batch", self.explain_params(top_k, cls, least), Explanation)
 
     @staticmethod
     def batch_request(items: list[Item], job: _Job) -> dict:
@@ -339,9 +363,13 @@ class TinyImageNetClient(_ClientBase):
     def model_info(self) -> ModelInfo:
         return self.model_answer(self._send("GET", "/model"))
 
-    def classify(self, image: Any, top_k: int = DEFAULT_TOP_K) -> Result:
-        """One image (path, bytes, PIL image or numpy array); a refusal raises ClientError."""
-        name, request = self.classify_request(image, top_k)
+    def classify(
+        self, image: Any, top_k: int = DEFAULT_TOP_K, *, min_confidence: float | None = None
+    ) -> Result:
+        """One image (path, bytes, PIL image or numpy array); a refusal raises ClientError.
+        `min_confidence`: the answer's `confident` is False when its top-1 probability is below
+        it (the predictions are still there); None: the service's default."""
+        name, request = self.classify_request(image, top_k, min_confidence)
         return self.classify_answer(name, self._send("POST", "/classify", **request))
 
     def classify_many(
@@ -351,9 +379,12 @@ class TinyImageNetClient(_ClientBase):
         batch_size: int | None = None,
         concurrency: int | None = None,
         progress: bool | None = None,
+        min_confidence: float | None = None,
     ) -> list[Result]:
         """Every image's Result, in input order; see classify_iter."""
-        return list(self.classify_iter(images, top_k, batch_size, concurrency, progress))
+        return list(
+            self.classify_iter(images, top_k, batch_size, concurrency, progress, min_confidence)
+        )
 
     def classify_iter(
         self,
@@ -362,6 +393,7 @@ class TinyImageNetClient(_ClientBase):
         batch_size: int | None = None,
         concurrency: int | None = None,
         progress: bool | None = None,
+        min_confidence: float | None = None,
     ) -> Iterator[Result]:
         """Yield one Result per image, in input order, as soon as it and all before it are in.
 
@@ -370,16 +402,21 @@ class TinyImageNetClient(_ClientBase):
         image gives an error Result in its place; ClientError is raised only when the service
         stays unreachable or refuses the request itself."""
         # Checked now, not at the first next(): the generator below starts only then.
-        job = self.classify_job(top_k)
+        job = self.classify_job(top_k, min_confidence)
         batch_size, concurrency = self.options(batch_size, concurrency)
         return self._stream(images, job, batch_size, concurrency, progress)
 
     def explain(
-        self, image: Any, top_k: int = DEFAULT_EXPLAIN_TOP_K, cls: str | None = None
+        self,
+        image: Any,
+        top_k: int = DEFAULT_EXPLAIN_TOP_K,
+        cls: str | None = None,
+        *,
+        min_confidence: float | None = None,
     ) -> Explanation:
         """The activation maps of one image: of its top_k classes, or of the class `cls` (a
         wnid). `.predictions[i].map` is a numpy array; `.overlay()` draws one on the image."""
-        name, request = self.explain_request(image, top_k, cls)
+        name, request = self.explain_request(image, top_k, cls, min_confidence)
         return self.explain_answer(name, self._send("POST", "/explain", **request), image)
 
     def explain_iter(
@@ -390,9 +427,10 @@ class TinyImageNetClient(_ClientBase):
         batch_size: int | None = None,
         concurrency: int | None = None,
         progress: bool | None = None,
+        min_confidence: float | None = None,
     ) -> Iterator[Explanation]:
         """As classify_iter, through /explain_batch: one Explanation per image, in order."""
-        job = self.explain_job(top_k, cls)
+        job = self.explain_job(top_k, cls, min_confidence)
         batch_size, concurrency = self.options(batch_size, concurrency)
         return self._stream(images, job, batch_size, concurrency, progress)
 
@@ -491,8 +529,10 @@ class AsyncTinyImageNetClient(_ClientBase):
     async def model_info(self) -> ModelInfo:
         return self.model_answer(await self._send("GET", "/model"))
 
-    async def classify(self, image: Any, top_k: int = DEFAULT_TOP_K) -> Result:
-        name, request = self.classify_request(image, top_k)
+    async def classify(
+        self, image: Any, top_k: int = DEFAULT_TOP_K, *, min_confidence: float | None = None
+    ) -> Result:
+        name, request = self.classify_request(image, top_k, min_confidence)
         return self.classify_answer(name, await self._send("POST", "/classify", **request))
 
     async def classify_many(
@@ -502,8 +542,11 @@ class AsyncTinyImageNetClient(_ClientBase):
         batch_size: int | None = None,
         concurrency: int | None = None,
         progress: bool | None = None,
+        min_confidence: float | None = None,
     ) -> list[Result]:
-        iterator = self.classify_iter(images, top_k, batch_size, concurrency, progress)
+        iterator = self.classify_iter(
+            images, top_k, batch_size, concurrency, progress, min_confidence
+        )
         try:
             return [r async for r in iterator]
         finally:
@@ -516,17 +559,23 @@ class AsyncTinyImageNetClient(_ClientBase):
         batch_size: int | None = None,
         concurrency: int | None = None,
         progress: bool | None = None,
+        min_confidence: float | None = None,
     ) -> AsyncIterator[Result]:
         """As TinyImageNetClient.classify_iter (`async for`): in input order, at most
         `concurrency` requests in flight and 2 × concurrency chunks held."""
-        job = self.classify_job(top_k)
+        job = self.classify_job(top_k, min_confidence)
         batch_size, concurrency = self.options(batch_size, concurrency)
         return self._stream(images, job, batch_size, concurrency, progress)
 
     async def explain(
-        self, image: Any, top_k: int = DEFAULT_EXPLAIN_TOP_K, cls: str | None = None
+        self,
+        image: Any,
+        top_k: int = DEFAULT_EXPLAIN_TOP_K,
+        cls: str | None = None,
+        *,
+        min_confidence: float | None = None,
     ) -> Explanation:
-        name, request = self.explain_request(image, top_k, cls)
+        name, request = self.explain_request(image, top_k, cls, min_confidence)
         return self.explain_answer(name, await self._send("POST", "/explain", **request), image)
 
     def explain_iter(
@@ -537,8 +586,9 @@ class AsyncTinyImageNetClient(_ClientBase):
         batch_size: int | None = None,
         concurrency: int | None = None,
         progress: bool | None = None,
+        min_confidence: float | None = None,
     ) -> AsyncIterator[Explanation]:
-        job = self.explain_job(top_k, cls)
+        job = self.explain_job(top_k, cls, min_confidence)
         batch_size, concurrency = self.options(batch_size, concurrency)
         return self._stream(images, job, batch_size, concurrency, progress)
 

@@ -30,6 +30,9 @@ class Result:
     predictions: tuple[Prediction, ...] = ()
     error: ClientError | None = None
     model: str | None = None
+    # The service's judgement: top-1 probability >= the min_confidence asked for (or its
+    # TIN_MIN_CONFIDENCE); None where none applied.
+    confident: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -45,6 +48,7 @@ class Result:
             record["error"] = self.error.to_dict()
         else:
             record["model"] = self.model
+            record["confident"] = self.confident
             record["predictions"] = [vars(p) for p in self.predictions]
         return record
 
@@ -200,6 +204,10 @@ def _size(raw: Any) -> tuple[int, int] | None:
     return tuple(int(v) for v in raw) if isinstance(raw, list) and len(raw) == 2 else None
 
 
+def _flag(raw: Any) -> bool | None:
+    return raw if isinstance(raw, bool) else None
+
+
 def explanation(name: str, body: dict, source: Any = None, index: int = 0) -> Explanation:
     """An /explain answer (or one /explain_batch result with the batch's map size)."""
     return Explanation(
@@ -207,6 +215,7 @@ def explanation(name: str, body: dict, source: Any = None, index: int = 0) -> Ex
         name,
         class_maps(body.get("predictions")),
         model=body.get("model"),
+        confident=_flag(body.get("confident")),
         map_size=_size(body.get("map_size")),
         image_size=_size(body.get("image_size")),
         source=source,
@@ -241,7 +250,8 @@ def batch_results(items: list, body: dict, kind: type[Result] = Result) -> dict[
             out[item.index] = explanation(item.name, answer, item.source, item.index)
         else:
             preds = predictions(answer.get("predictions"))
-            out[item.index] = Result(item.index, item.name, preds, model=model)
+            sure = _flag(answer.get("confident"))
+            out[item.index] = Result(item.index, item.name, preds, model=model, confident=sure)
     if len(out) != len(items):
         raise ClientError("the server answered some images twice and others not", "bad_response")
     return out

@@ -1,10 +1,13 @@
-"""Two rewrites of an exported classifier graph (inference/contract.py), in ONNX only.
+"""Three rewrites of an exported classifier graph (inference/contract.py), in ONNX only.
 
 `add_cam(model)`: class-activation maps (Zhou et al., CVPR 2016). Our heads are global average
 pooling + linear, so cam_k = W_k · F over the last feature map F and mean(cam_k) + b_k = logit_k.
 The head becomes cam = Conv1x1(F, W), logits = ReduceMean(cam) + b: the logits are computed *from*
 the cam, so the invariant holds by construction in any precision. Ebrahimi & Abadi's nets flatten
 small maps straight into the linear layer; there cam_k[y,x] = h·w·Σ_c W_k[c,y,x]·F[c,y,x] keeps it.
+
+`scale_logits(model, factor, record)`: the head's weight and bias times `factor`, so the maps and
+the logits are too: how a temperature (export/calibration.py) goes into the graph.
 
 `add_tta(model, flip=, size=, resize=)`: test-time augmentation inside the graph of a model that
 has the cam: after the in-graph normalisation the image is upsampled to size×size (FixRes) and,
@@ -371,6 +374,77 @@ def head_bias(model: onnx.ModelProto) -> np.ndarray:
             return np.zeros(head.classes)
         name = head.bias
     return _value(g, name).reshape(-1)
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+
+def _ancestors(graph, name: str) -> list[onnx.NodeProto]:
+    """The nodes `name` is computed from, nearest first."""
+    prod, seen, out, todo = _producers(graph), set(), [], [name]
+    while todo:
+        node = prod.get(todo.pop(0))
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        todo.extend(node.input)
+    return out
+
+
+def _initializer_behind(graph, name: str, what: str) -> onnx.TensorProto:
+    """The initializer `name` is, or is a Cast of (fp16 storage), used by nothing else."""
+    inits = {i.name: i for i in graph.initializer}
+    node = _producers(graph).get(name)
+    if name not in inits and node is not None and node.op_type == "Cast":
+        name = node.input[0]
+    if name not in inits:
+        raise GraphError(f"the head's {what} {name!r} is not an initializer")
+    if len(_consumers(graph, name)) != 1:
+        raise GraphError(f"the head's {what} {name!r} is shared: scaling it would change more")
+    return inits[name]
+
+
+def _head_tensors(g) -> tuple[onnx.TensorProto, onnx.TensorProto | None]:
+    """(the cam kernel's weight, the bias) initializers of a model with a cam output."""
+    head = next((n for n in _ancestors(g, CAM) if n.op_type in ("Conv", "Einsum")), None)
+    if head is None:
+        raise GraphError(f"no Conv or Einsum computes {CAM!r}")
+    inits = {i.name for i in g.initializer}
+    behind = [i for n in _ancestors(g, head.input[1]) for i in n.input if i in inits]
+    weights = [i for i in dict.fromkeys(behind) if len(_shapes_of_init(g, i)) >= 2]
+    if not weights and head.input[1] in inits:
+        weights = [head.input[1]]
+    if len(weights) != 1:
+        raise GraphError(f"the cam kernel comes from {len(weights)} weight tensors, not one")
+    weight = _initializer_behind(g, weights[0], "weight")
+    add = _producers(g)[LOGITS]
+    if add.op_type != "Add":
+        return weight, None
+    bias = next(i for i in add.input if _value(g, i) is not None)
+    return weight, _initializer_behind(g, bias, "bias")
+
+
+def _shapes_of_init(g, name: str) -> list[int]:
+    return next(list(i.dims) for i in g.initializer if i.name == name)
+
+
+def scale_logits(model: onnx.ModelProto, factor: float, record: dict) -> onnx.ModelProto:
+    """A copy of a model with a cam output whose head weight and bias are multiplied by
+    `factor` (1/T for a temperature T): the maps, the logits (mean(cam) + b) and the
+    probabilities follow with no new node, in every precision the weights are stored in, and the
+    invariant holds exactly. `record` goes into the graph_transforms metadata."""
+    if CAM not in [o.name for o in model.graph.output]:
+        raise GraphError(f"the model has no {CAM!r} output: run add_cam first")
+    if not (np.isfinite(factor) and factor > 0):
+        raise GraphError(f"the logits can only be scaled by a positive number, got {factor}")
+    model = _copy(model)
+    g = model.graph
+    for init in filter(None, _head_tensors(g)):
+        value = numpy_helper.to_array(init)
+        scaled = (value.astype(np.float64) * factor).astype(value.dtype)
+        init.CopyFrom(numpy_helper.from_array(scaled, init.name))
+    return _finish(model, {"transform": "scale_logits", "factor": factor, **record})
 
 
 # --- test-time augmentation ----------------------------------------------------------------------

@@ -12,6 +12,10 @@ Files, for `out` = models/NAME.onnx:
     models/NAME.export.json       what was measured (node counts, parity, accuracy, speed)
     ENGINE, ENGINE.qdq.onnx       --tensorrt ENGINE (int8: the symmetric Q/DQ model it came from)
 
+With val images, a temperature fitted on half of them is folded into the head's weight and bias
+(export/calibration.py): probabilities that mean what they say, the ranking and the maps' invariant
+unchanged; refused when it does not lower NLL on the other half.
+
 Every form is checked on the val images and refused with the figures when it misses its bar:
 fp32 logits within 1e-4 of the source (1e-2 with fp16-stored weights); INT8 within
 contract.INT8_MAX_DROP_POINTS of fp32's top-1 and agreeing with it on INT8_MIN_AGREEMENT of the
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from export import calibration as K
 from export import graph as G
 from export import onnx_export as E
 from export import quantize as Q
@@ -45,8 +50,13 @@ BENCH_BATCH = 64
 
 
 def check_options(*, source, data, int8: bool, tensorrt, trt_precision: str, max_batch: int,
-                  calib_images, weights: str = "fp32", tta_size=None):  # fmt: skip
+                  calib_images, weights: str = "fp32", tta_size=None,
+                  calibrate=None):  # fmt: skip
     """Fail before any work on options that cannot succeed."""
+    if calibrate is not None and calibrate not in K.METHODS:
+        raise ConfigError(f"unknown --calibrate {calibrate!r}; valid: {', '.join(K.METHODS)}")
+    if calibrate not in (None, "none") and data is None:
+        raise ConfigError(f"--calibrate {calibrate} needs --data: it is fitted on val images")
     if weights not in E.WEIGHTS_ATOL:
         raise ConfigError(f"unknown weights {weights!r}; valid: {', '.join(E.WEIGHTS_ATOL)}")
     if int8 and data is None:
@@ -138,6 +148,44 @@ def with_tta(fp32: E.Export, val, flip: bool, size: int | None) -> E.Export:
                    val_logits=val_logits, nodes_after=E.op_counts(model))  # fmt: skip
 
 
+# --- calibration -------------------------------------------------------------------------------
+
+
+def with_calibration(fp32: E.Export, val, method: str) -> E.Export:
+    """The model with a temperature fitted on half of val folded into its head
+    (export/calibration.py, export/graph.py `scale_logits`), checked: its logits times T are the
+    logits it had (so the ranking is too) on random and val images, and its maps add up to them.
+    A source that already carries a temperature is fitted afresh from its raw logits, so the card's
+    temperature is always the whole one and its `before` the uncalibrated model."""
+    old = (fp32.card.calibration or {}).get("temperature", 1.0)
+    record = K.fit(fp32.val_logits * old, val[1], method)
+    factor = old / record["temperature"]
+    model = G.scale_logits(fp32.model, factor, {"temperature": record["temperature"]})
+    E.check_structure(model)
+    bias, atol = G.head_bias(model), E.WEIGHTS_ATOL[fp32.card.weights]
+    ref, new = E.session(fp32.model), E.session(model)
+    parity, errors, logits = dict(fp32.parity), [], None
+    for name, x in _inputs(val):
+        logits, cam = E.run_outputs(new, x, [C.OUTPUT_LOGITS, C.OUTPUT_CAM])
+        before = fp32.val_logits if name == "val" else E.run_onnx(ref, x)
+        parity[f"{name}, calibrated"] = check_scaled(name, before, logits, factor, atol)
+        errors.append(E.check_cam(f"{name} (calibrated)", logits, cam, bias))
+    card = replace(fp32.card, calibration=record)
+    E.set_metadata(model, card)
+    return replace(fp32, model=model, card=card, parity=parity, bias=bias, cam_error=max(errors),
+                   val_logits=logits)  # fmt: skip
+
+
+def check_scaled(name: str, before, after, factor: float, atol: float) -> E.Parity:
+    """after / factor against before: the fold changed the logits' scale and nothing else."""
+    parity = E.compare(before, after / factor)
+    print(f"calibrated {name}: logits / {factor:.4g} against the model's: {parity.describe()}")
+    if not parity.ok(atol):
+        raise E.ParityError(f"the calibrated model's logits / {factor:.4g} differ from the model's "
+                            f"on {name}: {parity.describe()} (allowed: {atol:g})")  # fmt: skip
+    return parity
+
+
 # --- INT8 ------------------------------------------------------------------------------------
 
 
@@ -156,14 +204,14 @@ def int8_forms(fp32: E.Export, out: Path, ds, val, calib_images: int, bench: boo
     q = Q.int8_onnx(fp32.model, calib)
     logits, cam = E.run_outputs(E.session(q), val[0], [C.OUTPUT_LOGITS, C.OUTPUT_CAM])
     parity = check_form("ONNX Runtime INT8", fp32, logits, cam, val[1], bar)
-    E.set_metadata(q, _int8_card(fp32.card, parity))
+    E.set_metadata(q, _int8_card(fp32.card, parity, logits, val[1]))
     report["onnxruntime"] = {"path": str(E.save(q, onnx_path)), **parity}
 
     ov = Q.int8_openvino(fp32.model, calib)
     logits, cam = Q.run_openvino(ov, val[0], (C.OUTPUT_LOGITS, C.OUTPUT_CAM))
     parity = check_form("OpenVINO INT8", fp32, logits, cam, val[1], bar)
-    report["openvino"] = {"path": str(Q.save_openvino(ov, ir_path, _int8_card(fp32.card, parity))),
-                          **parity}  # fmt: skip
+    card = _int8_card(fp32.card, parity, logits, val[1])
+    report["openvino"] = {"path": str(Q.save_openvino(ov, ir_path, card)), **parity}
     if bench:
         report["img_per_s"] = speed(fp32.model, q)
     return report
@@ -200,9 +248,13 @@ def check_form(name: str, fp32: E.Export, logits, cam, labels, bar=INT8_BAR) -> 
     return figures
 
 
-def _int8_card(card: C.ModelCard, parity: dict) -> C.ModelCard:
+def _int8_card(card: C.ModelCard, parity: dict, logits, labels) -> C.ModelCard:
+    """The form's card: its own accuracy, parity and calibration figures (INT8 logits differ
+    slightly from fp32's, so the temperature's `after` is measured again on them)."""
     acc = {k: parity[k] for k in ("val_top1", "val_top5")}
-    return replace(card, precision="int8", val_images=parity["images"], parity=parity, **acc)
+    calibration = card.calibration and K.judged(card.calibration, logits, labels)
+    return replace(card, precision="int8", val_images=parity["images"], parity=parity,
+                   calibration=calibration, **acc)  # fmt: skip
 
 
 def speed(fp32_model, int8_model, batch: int = BENCH_BATCH) -> dict:
@@ -256,6 +308,7 @@ def export(
     calib_images: int = 512,
     tta_flip: bool = False,
     tta_size: int | None = None,
+    calibrate: str | None = None,
     tensorrt: str | os.PathLike | None = None,
     trt_precision: str = "fp16",
     max_batch: int = 64,
@@ -265,10 +318,13 @@ def export(
     count_unfolded: bool = True,
 ) -> dict:
     """`python -m export`: write the models and NAME.export.json; return the report. `source` is
-    a training checkpoint, or an exported fp32 ONNX (rewritten, not re-exported from torch)."""
+    a training checkpoint, or an exported fp32 ONNX (rewritten, not re-exported from torch).
+    `calibrate`: "temperature" (the default with `data`) or "none" (the logits as they come)."""
     check_options(source=source, data=data, int8=int8, tensorrt=tensorrt, tta_size=tta_size,
                   trt_precision=trt_precision, max_batch=max_batch, calib_images=calib_images,
-                  weights=weights)  # fmt: skip
+                  weights=weights, calibrate=calibrate)  # fmt: skip
+    if calibrate is None:
+        calibrate = "none" if data is None else "temperature"
     if is_onnx(source):
         fp32, ds, origin = from_onnx(source, data)
     else:
@@ -276,8 +332,12 @@ def export(
     val = None if fp32.val_inputs is None else (fp32.val_inputs, _labels(ds, fp32))
     if tta_flip or (tta_size or C.IMAGE_SIZE) != C.IMAGE_SIZE:
         fp32 = with_tta(fp32, val, tta_flip, tta_size)
+    if calibrate != "none":
+        fp32 = with_calibration(fp32, val, calibrate)
     out = E.save(fp32.model, out)
     report = {**origin, "fp32": {"path": str(out), **fp32.summary()}}
+    if fp32.card.calibration is not None:
+        report["calibration"] = fp32.card.calibration
     if int8:
         report["int8"] = int8_forms(fp32, out, ds, val, calib_images, bench, int8_bar)
     if tensorrt is not None:

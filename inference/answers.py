@@ -24,6 +24,15 @@ def top_k(probs: np.ndarray, k: int, card: ModelCard) -> list[dict]:
     return [_prediction(rank, i, probs, card) for rank, i in enumerate(order, start=1)]
 
 
+def confident(probs: np.ndarray, min_confidence: float | None) -> bool | None:
+    """Whether the top-1 probability reaches `min_confidence`; None when nothing was asked. The
+    probabilities are calibrated at export (export/calibration.py), so a threshold means what
+    it says: the model card's `calibration.selective` gives the one for 80% and 90% top-1."""
+    if min_confidence is None:
+        return None
+    return bool(float(probs.max()) >= min_confidence)
+
+
 def _prediction(rank: int, i: int, probs: np.ndarray, card: ModelCard) -> dict:
     return {
         "rank": int(rank),

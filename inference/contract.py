@@ -72,6 +72,9 @@ class ModelCard:
     # top1_change_points, max_abs_logit_diff, cam_invariant_max_error, images, reference
     parity: dict | None = None
     tta: dict | None = None  # test-time augmentation inside the graph: {"flip": bool, "size": int}
+    # The temperature folded into the head (export/calibration.py): method, temperature, the
+    # val split, and ECE/NLL/Brier/top-1 before and after on the half it was not fitted on.
+    calibration: dict | None = None
     exported_at: str | None = None
     versions: dict = field(default_factory=dict)  # torch, onnx, onnxruntime at export time
 

@@ -14,6 +14,8 @@ TIN_API_KEYS              comma-separated API keys; with keys (or TIN_API_KEYS_F
 TIN_MAX_UPLOAD_MB         largest request body, in MiB, for any endpoint (10)
 TIN_MAX_BATCH_IMAGES      most images in one batch request (64)
 TIN_MAX_PIXELS            largest image accepted, in pixels: the decompression-bomb guard (40 M)
+TIN_MIN_CONFIDENCE        a probability: answers whose top-1 is below it say "confident": false (a
+                          request's own min_confidence wins); off by default
 TIN_BATCH_MAX_SIZE        micro-batching: most images in one engine call (32)
 TIN_BATCH_MAX_LATENCY_MS  micro-batching: a request expected to wait longer in the queue is
                           refused with 503 instead of queueing without end (10000)
@@ -63,6 +65,7 @@ class Settings:
     precision: str = "auto"
     threads: int | None = None
     model_tag: str | None = None  # name:version when TIN_MODEL names a stored model
+    min_confidence: float | None = None  # TIN_MIN_CONFIDENCE: the answers' default threshold
 
     @property
     def model_name(self) -> str:
@@ -112,7 +115,18 @@ def settings() -> Settings:
         backend=os.environ.get("TIN_BACKEND", "").strip().lower() or "auto",
         precision=os.environ.get("TIN_PRECISION", "").strip().lower() or "auto",
         threads=_number("TIN_THREADS", 0, 1) if threads else None,
+        min_confidence=min_confidence(),
     )
+
+
+def min_confidence() -> float | None:
+    raw = os.environ.get("TIN_MIN_CONFIDENCE", "").strip()
+    if not raw:
+        return None
+    value = _number("TIN_MIN_CONFIDENCE", 0, 0.0, float)
+    if value > 1:
+        raise ConfigError(f"TIN_MIN_CONFIDENCE={raw!r} is a probability: give 0 to 1")
+    return value
 
 
 def batch_max_size() -> int:

@@ -36,7 +36,15 @@ TOP_K_QUERY = {
     "description": "how many classes to answer; a form field `top_k` takes precedence",
     "schema": TOP_K,
 }
-
+MIN_CONFIDENCE = TypeAdapter(schemas.MinConfidence).json_schema()
+MIN_CONFIDENCE_QUERY = {
+    "name": "min_confidence",
+    "in": "query",
+    "required": False,
+    "description": "judge the answer: confident is false below this top-1 probability (default: "
+    "TIN_MIN_CONFIDENCE, else not judged); a form field `min_confidence` takes precedence",
+    "schema": MIN_CONFIDENCE,
+}
 
 EXPLAIN_QUERY = [
     {**TOP_K_QUERY, "schema": {**TOP_K, "default": DEFAULT_EXPLAIN_TOP_K}},
@@ -47,6 +55,7 @@ EXPLAIN_QUERY = [
         "description": "explain this class (a wnid of GET /labels) instead of the top_k",
         "schema": {"type": "string", "minLength": 1},
     },
+    MIN_CONFIDENCE_QUERY,
 ]
 FORMAT_QUERY = {
     "name": "format",
@@ -74,7 +83,13 @@ def _errors(*statuses: int) -> dict:
     return {str(s): _json(reasons[s], "Error") for s in statuses}
 
 
-def _post(summary: str, body: dict, ok, description: str = "", parameters=(TOP_K_QUERY,)) -> dict:
+def _post(
+    summary: str,
+    body: dict,
+    ok,
+    description: str = "",
+    parameters=(TOP_K_QUERY, MIN_CONFIDENCE_QUERY),
+) -> dict:
     ok = _json("the answer", ok) if isinstance(ok, str) else ok
     return {
         "post": {
@@ -108,7 +123,11 @@ def paths(max_images: int) -> dict:
             "schema": {
                 "type": "object",
                 "required": ["image"],
-                "properties": {"image": BINARY, "top_k": TOP_K},
+                "properties": {
+                    "image": BINARY,
+                    "top_k": TOP_K,
+                    "min_confidence": MIN_CONFIDENCE,
+                },
             }
         },
         "image/jpeg": {"schema": BINARY},
@@ -141,7 +160,11 @@ def paths(max_images: int) -> dict:
                     "schema": {
                         "type": "object",
                         "required": ["images"],
-                        "properties": {"images": images, "top_k": TOP_K},
+                        "properties": {
+                            "images": images,
+                            "top_k": TOP_K,
+                            "min_confidence": MIN_CONFIDENCE,
+                        },
                     }
                 }
             },
@@ -164,7 +187,11 @@ def paths(max_images: int) -> dict:
                     "schema": {
                         "type": "object",
                         "required": ["images"],
-                        "properties": {"images": images, "top_k": TOP_K},
+                        "properties": {
+                            "images": images,
+                            "top_k": TOP_K,
+                            "min_confidence": MIN_CONFIDENCE,
+                        },
                     }
                 }
             },

@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from inference.answers import Ask, explanation, multipart_mixed, png_parts, top_k
+from inference.answers import Ask, confident, explanation, multipart_mixed, png_parts, top_k
 from inference.batcher import Overloaded
 from inference.preprocess import ImageError, model_input, open_reduced, open_rgb
 from serving.config import DEFAULT_EXPLAIN_TOP_K, DEFAULT_TOP_K, MAX_TOP_K
@@ -160,6 +160,31 @@ def form_top_k(form: FormData | dict, request: Request, default: int = DEFAULT_T
     return parse_top_k(form["top_k"], default) if "top_k" in form else query
 
 
+# A decimal as JSON writes it (0.5, .5, 1, 5e-1): no sign, nan, inf or other scripts' digits.
+CONFIDENCE = re.compile(r"[0-9]{0,20}(\.[0-9]{0,20})?([eE][-+]?[0-9]{1,3})?")
+
+
+def parse_min_confidence(raw: str | None, default: float | None) -> float | None:
+    """A probability, 0 to 1: below it the answer says "confident": false (and still lists the
+    top k). None (not asked, no TIN_MIN_CONFIDENCE): no judgement, "confident": null."""
+    if raw is None:
+        return default
+    if not isinstance(raw, str):
+        raise ApiError(400, "bad_min_confidence", "min_confidence must be a form field")
+    number = CONFIDENCE.fullmatch(raw) and any(c.isdigit() for c in raw.partition("e")[0])
+    if not number or not 0 <= float(raw) <= 1:
+        message = f"min_confidence must be a probability between 0 and 1, got {raw[:40]!r}"
+        raise ApiError(400, "bad_min_confidence", message)
+    return float(raw)
+
+
+def form_min_confidence(form: FormData | dict, request: Request, default: float | None):
+    query = parse_min_confidence(request.query_params.get("min_confidence"), default)
+    if "min_confidence" in form:
+        return parse_min_confidence(form["min_confidence"], default)
+    return query
+
+
 def field(form: FormData | dict, request: Request, name: str) -> str | None:
     """A text parameter from the form, else the query string; a file there is refused."""
     value = form.get(name, request.query_params.get(name))
@@ -253,17 +278,23 @@ def _error(i: int, e: ImageError) -> dict:
     return {"index": i, "error": {"code": e.code, "message": e.message}}
 
 
-async def classify_one(svc, data: bytes, k: int) -> dict:
+async def classify_one(svc, data: bytes, k: int, least: float | None = None) -> dict:
     """One upload's answer body; ApiError (400) if it is not a usable image. Shared by the
-    mounted /classify and the native /api/classify (serving/native.py)."""
+    mounted /classify and the native /api/classify (serving/native.py). `least`: the
+    min_confidence the answer is judged by (None: not judged)."""
     (image,) = await decode_all([data], svc.settings.max_pixels)
     if isinstance(image, ImageError):
         raise ApiError(400, image.code, image.message)
     probs = await svc.probabilities(image.array[None])
-    return {"model": svc.name, "predictions": top_k(probs[0], k, svc.card)}
+    return {
+        "model": svc.name,
+        "min_confidence": least,
+        "confident": confident(probs[0], least),
+        "predictions": top_k(probs[0], k, svc.card),
+    }
 
 
-async def classify_many(svc, data: list[bytes], k: int) -> dict:
+async def classify_many(svc, data: list[bytes], k: int, least: float | None = None) -> dict:
     """Several uploads' answer body, in order; an unusable one gets an error in its place."""
     decoded = await decode_all(data, svc.settings.max_pixels)
     good, batch = _usable(decoded)
@@ -271,10 +302,14 @@ async def classify_many(svc, data: list[bytes], k: int) -> dict:
     results = [
         _error(i, d)
         if isinstance(d, ImageError)
-        else {"index": i, "predictions": top_k(probs[i], k, svc.card)}
+        else {
+            "index": i,
+            "confident": confident(probs[i], least),
+            "predictions": top_k(probs[i], k, svc.card),
+        }
         for i, d in enumerate(decoded)
     ]
-    return {"model": svc.name, "results": results}
+    return {"model": svc.name, "min_confidence": least, "results": results}
 
 
 def _needs_maps(svc) -> None:
@@ -283,7 +318,9 @@ def _needs_maps(svc) -> None:
         raise ApiError(501, "no_activation_maps", message)
 
 
-async def explain_one(svc, data: bytes, ask: Ask, keep: bool = False) -> tuple[dict, object]:
+async def explain_one(
+    svc, data: bytes, ask: Ask, keep: bool = False, least: float | None = None
+) -> tuple[dict, object]:
     """One upload's explanation body (and its upright image where `keep`); ApiError (400) if
     it is not a usable image."""
     _needs_maps(svc)
@@ -293,6 +330,8 @@ async def explain_one(svc, data: bytes, ask: Ask, keep: bool = False) -> tuple[d
     probs, logits, cam = await svc.explanations(image.array[None])
     body = {
         "model": svc.name,
+        "min_confidence": least,
+        "confident": confident(probs[0], least),
         "map_size": list(cam.shape[-2:]),
         "image_size": list(image.size),
         "predictions": explanation(probs[0], logits[0], cam[0], svc.card, ask),
@@ -300,7 +339,7 @@ async def explain_one(svc, data: bytes, ask: Ask, keep: bool = False) -> tuple[d
     return body, image.image
 
 
-async def explain_many(svc, data: list[bytes], ask: Ask) -> dict:
+async def explain_many(svc, data: list[bytes], ask: Ask, least: float | None = None) -> dict:
     """Several uploads' explanations, in order; an unusable one gets an error in its place."""
     _needs_maps(svc)
     decoded = await decode_all(data, svc.settings.max_pixels)
@@ -315,14 +354,25 @@ async def explain_many(svc, data: list[bytes], ask: Ask) -> dict:
             results.append(_error(i, d))
         else:
             classes = explanation(*outputs[i], svc.card, ask)
-            results.append({"index": i, "image_size": list(d.size), "predictions": classes})
-    return {"model": svc.name, "map_size": list(svc.card.cam_size or ()), "results": results}
+            sure = confident(outputs[i][0], least)
+            results.append(
+                {"index": i, "confident": sure, "image_size": list(d.size), "predictions": classes}
+            )
+    return {
+        "model": svc.name,
+        "min_confidence": least,
+        "map_size": list(svc.card.cam_size or ()),
+        "results": results,
+    }
 
 
 # --- endpoints ---------------------------------------------------------------------------------
 
 
-QUERY = {"/classify": ("top_k",), "/explain": ("top_k", "class", "format")}
+QUERY = {
+    "/classify": ("top_k", "min_confidence"),
+    "/explain": ("top_k", "class", "format", "min_confidence"),
+}
 
 
 def check_query(request: Request, route: str) -> None:
@@ -367,14 +417,16 @@ async def many_uploads(request: Request, svc, route: str) -> tuple[FormData, lis
 async def classify(request: Request) -> JSONResponse:
     svc = service(request)
     form, data = await one_upload(request, svc, "/classify")
-    return JSONResponse(await classify_one(svc, data, form_top_k(form, request)))
+    least = form_min_confidence(form, request, svc.settings.min_confidence)
+    return JSONResponse(await classify_one(svc, data, form_top_k(form, request), least))
 
 
 @json_errors
 async def classify_batch(request: Request) -> JSONResponse:
     svc = service(request)
     form, data = await many_uploads(request, svc, "/classify_batch")
-    return JSONResponse(await classify_many(svc, data, form_top_k(form, request)))
+    least = form_min_confidence(form, request, svc.settings.min_confidence)
+    return JSONResponse(await classify_many(svc, data, form_top_k(form, request), least))
 
 
 @json_errors
@@ -385,7 +437,8 @@ async def explain(request: Request) -> Response:
     svc = service(request)
     form, data = await one_upload(request, svc, "/explain")
     ask, fmt = explain_ask(form, request, svc.card), explain_format(form, request)
-    body, image = await explain_one(svc, data, ask, keep=fmt == "png")
+    least = form_min_confidence(form, request, svc.settings.min_confidence)
+    body, image = await explain_one(svc, data, ask, keep=fmt == "png", least=least)
     if fmt == "json":
         return JSONResponse(body)
     parts = await anyio.to_thread.run_sync(png_parts, image, body["predictions"])
@@ -404,7 +457,8 @@ async def explain_batch(request: Request) -> JSONResponse:
     ask = explain_ask(form, request, svc.card)
     if explain_format(form, request) != "json":
         raise ApiError(400, "bad_format", "/explain_batch answers JSON; use /explain for PNGs")
-    return JSONResponse(await explain_many(svc, data, ask))
+    least = form_min_confidence(form, request, svc.settings.min_confidence)
+    return JSONResponse(await explain_many(svc, data, ask, least))
 
 
 async def labels(request: Request) -> JSONResponse:
@@ -434,6 +488,8 @@ async def model(request: Request) -> JSONResponse:
             "gflops": card.gflops,
             "cam_size": card.cam_size,
             "tta": card.tta,
+            "calibration": calibration_summary(card.calibration),
+            "min_confidence": svc.settings.min_confidence,
             "val_top1": card.val_top1,
             "val_top5": card.val_top5,
             "val_images": card.val_images,
@@ -450,6 +506,21 @@ async def model(request: Request) -> JSONResponse:
             },
         }
     )
+
+
+def calibration_summary(record: dict | None) -> dict | None:
+    """What /model says of the probabilities: the temperature in the graph, ECE and NLL before
+    and after on the val images it was not fitted on, and the min_confidence for each top-1."""
+    if not record:
+        return None
+    keep = ("ece", "nll", "brier", "top1", "mean_confidence", "images")
+    return {
+        "method": record.get("method"),
+        "temperature": record.get("temperature"),
+        "before": {k: record.get("before", {}).get(k) for k in keep},
+        "after": {k: record.get("after", {}).get(k) for k in keep},
+        "selective": record.get("selective", []),
+    }
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

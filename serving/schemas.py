@@ -23,6 +23,17 @@ TopK = Annotated[
 ]
 # One name per wnid: Tiny ImageNet's are "n" and 8 digits; other models may name them otherwise.
 Wnid = Annotated[str, Field(min_length=1, max_length=64, description="a class, as in GET /labels")]
+MinConfidence = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=1,
+        description="below this top-1 probability the answer says confident: false (the top k "
+        "are still listed); the model card's calibration.selective gives it for 80% and 90% top-1",
+    ),
+]
+# Whether the top-1 probability reaches min_confidence; null when no min_confidence applied.
+Confident = Annotated[bool | None, Field(description="top-1 probability >= min_confidence")]
 Size = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)]
 Text = Annotated[str, Field(min_length=1)]
 
@@ -36,6 +47,8 @@ class Prediction(BaseModel):
 
 class Classification(BaseModel):
     model: str
+    min_confidence: MinConfidence | None = None
+    confident: Confident = None
     predictions: list[Prediction]
 
 
@@ -54,12 +67,14 @@ class ImageResult(BaseModel):
     # [] rather than None for a failed image: BentoML's client cannot decode a null where its
     # schema says array (_bentoml_impl/serde.py GenericSerde._decode iterates it).
     index: Annotated[int, Field(ge=0)]
+    confident: Confident = None
     predictions: list[Prediction] = []
     error: ErrorDetail | None = None
 
 
 class BatchClassification(BaseModel):
     model: str
+    min_confidence: MinConfidence | None = None
     results: list[ImageResult]
 
 
@@ -73,6 +88,8 @@ class ClassMap(Prediction):
 
 class Explanation(BaseModel):
     model: str
+    min_confidence: MinConfidence | None = None
+    confident: Confident = None
     map_size: Size
     image_size: Size  # the upload's width and height, as displayed (EXIF applied)
     predictions: list[ClassMap]
@@ -80,6 +97,7 @@ class Explanation(BaseModel):
 
 class ExplainResult(BaseModel):
     index: Annotated[int, Field(ge=0)]
+    confident: Confident = None
     image_size: list[int] = []  # [] for an image that could not be read, as predictions
     predictions: list[ClassMap] = []
     error: ErrorDetail | None = None
@@ -87,6 +105,7 @@ class ExplainResult(BaseModel):
 
 class BatchExplanation(BaseModel):
     model: str
+    min_confidence: MinConfidence | None = None
     map_size: Size
     results: list[ExplainResult]
 

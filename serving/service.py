@@ -35,6 +35,7 @@ from serving.schemas import (
     BatchExplanation,
     Classification,
     Explanation,
+    MinConfidence,
     TopK,
     Wnid,
 )
@@ -110,28 +111,43 @@ class Classifier:
 
     @bentoml.api(route="/api/classify")
     @api_errors
-    async def classify(self, image: Path, top_k: TopK = config.DEFAULT_TOP_K) -> Classification:
+    async def classify(
+        self,
+        image: Path,
+        top_k: TopK = config.DEFAULT_TOP_K,
+        min_confidence: MinConfidence | None = None,
+    ) -> Classification:
         """Classify one image (multipart field `image`); the top_k most probable classes."""
         # BentoML wrote the upload to a request temp file; NativeErrors has checked its size.
-        return Classification(**await classify_one(self, image.read_bytes(), top_k))
+        body = await classify_one(self, image.read_bytes(), top_k, self._least(min_confidence))
+        return Classification(**body)
 
     @bentoml.api(route="/api/classify_batch")
     @api_errors
     async def classify_batch(
-        self, images: list[Path], top_k: TopK = config.DEFAULT_TOP_K
+        self,
+        images: list[Path],
+        top_k: TopK = config.DEFAULT_TOP_K,
+        min_confidence: MinConfidence | None = None,
     ) -> BatchClassification:
         """Classify several images, in order; an unreadable one gets an error in its place."""
         self._check_count(images)
         data = [p.read_bytes() for p in images]
-        return BatchClassification(**await classify_many(self, data, top_k))
+        body = await classify_many(self, data, top_k, self._least(min_confidence))
+        return BatchClassification(**body)
 
     @bentoml.api(route="/api/explain")
     @api_errors
     async def explain(
-        self, image: Path, top_k: TopK = config.DEFAULT_EXPLAIN_TOP_K, wnid: Wnid | None = None
+        self,
+        image: Path,
+        top_k: TopK = config.DEFAULT_EXPLAIN_TOP_K,
+        wnid: Wnid | None = None,
+        min_confidence: MinConfidence | None = None,
     ) -> Explanation:
         """The activation maps of the top_k classes, or of the class `wnid` (GET /labels)."""
-        body, _ = await explain_one(self, image.read_bytes(), self._ask(top_k, wnid))
+        ask, least = self._ask(top_k, wnid), self._least(min_confidence)
+        body, _ = await explain_one(self, image.read_bytes(), ask, least=least)
         return Explanation(**body)
 
     @bentoml.api(route="/api/explain_batch")
@@ -141,14 +157,20 @@ class Classifier:
         images: list[Path],
         top_k: TopK = config.DEFAULT_EXPLAIN_TOP_K,
         wnid: Wnid | None = None,
+        min_confidence: MinConfidence | None = None,
     ) -> BatchExplanation:
         """/api/explain for several images, in order; an unreadable one gets an error."""
         self._check_count(images)
         data = [p.read_bytes() for p in images]
-        return BatchExplanation(**await explain_many(self, data, self._ask(top_k, wnid)))
+        ask, least = self._ask(top_k, wnid), self._least(min_confidence)
+        return BatchExplanation(**await explain_many(self, data, ask, least))
 
     def _ask(self, top_k: int, wnid: str | None) -> Ask:
         return Ask(top_k=top_k) if wnid is None else class_ask(wnid, self.card)
+
+    def _least(self, min_confidence: float | None) -> float | None:
+        """The request's min_confidence, else the service's (TIN_MIN_CONFIDENCE)."""
+        return self.settings.min_confidence if min_confidence is None else min_confidence
 
     def _check_count(self, images: list) -> None:
         check_count(len(images), self.settings.max_batch_images)

@@ -324,3 +324,42 @@ def test_gflops_scale_with_size_and_flip(cams):
     base = G.gflops(cams["resnet"])
     tta = G.gflops(G.add_tta(cams["resnet"], flip=True, size=128))
     assert tta == pytest.approx(base * 4 * 2, rel=1e-6)  # every map exactly 2x wider and taller
+
+
+# --- scale_logits (calibration) --------------------------------------------------------------
+
+
+def with_flip(cams):
+    return G.add_tta(cams["resnet"], flip=True, size=64)
+
+
+@pytest.mark.parametrize("which", ["resnet", "resnet-fp16", "spec", "spec-fp16", "resnet-flip"])
+def test_a_temperature_folded_into_the_head_scales_logits_and_maps_only(cams, which):
+    model = with_flip(cams) if which == "resnet-flip" else cams[which]
+    t = 0.69  # the shipped model's temperature is about this
+    scaled = G.scale_logits(model, 1 / t, {"temperature": t})
+    assert len(scaled.graph.node) == len(model.graph.node)  # no new node: serving is unchanged
+    x = images(9, seed=3)
+    old, new = run(model, x), run(scaled, x)
+    atol = 2e-2 if "fp16" in which else 1e-4  # fp16 storage rounds the scaled weights again
+    np.testing.assert_allclose(new["logits"] * t, old["logits"], atol=atol, rtol=0)
+    np.testing.assert_allclose(new["cam"] * t, old["cam"], atol=atol, rtol=0)
+    assert (new["logits"].argmax(1) == old["logits"].argmax(1)).all()
+    mean_plus_b = new["cam"].astype(np.float64).mean((2, 3)) + G.head_bias(scaled)
+    np.testing.assert_allclose(mean_plus_b, new["logits"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(new["probabilities"], softmax(new["logits"]), atol=1e-6)
+    assert new["probabilities"].max(1).mean() > old["probabilities"].max(1).mean()  # T < 1
+    props = {p.key: p.value for p in scaled.metadata_props}
+    assert json.loads(props[G.TRANSFORMS_KEY])[-1] == {
+        "transform": "scale_logits",
+        "factor": 1 / t,
+        "temperature": t,
+    }
+
+
+def test_scale_logits_refuses_what_it_cannot_do(nets, cams):
+    with pytest.raises(G.GraphError, match="no 'cam' output: run add_cam first"):
+        G.scale_logits(nets["resnet"][0], 2.0, {})
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(G.GraphError, match="positive number"):
+            G.scale_logits(cams["resnet"], bad, {})

@@ -173,6 +173,7 @@ CLIS = {
         ["--no-such-option"],
         ["--checkpoint", "c.pt", "--out", "m.onnx", "--int8"],
     ),
+    "export.reliability": (["--no-such-option"], ["--model", "missing.onnx", "--data", "x"]),
     "clients.cli": (["--no-such-option"], ["predict", "no/such/folder"]),
     "bench.inference": (["--no-such-option"], ["--model", "missing.onnx"]),
     "bench.decode": (["--no-such-option"], ["missing-val-folder"]),

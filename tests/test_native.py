@@ -89,6 +89,7 @@ def test_batch_keeps_order_and_answers_a_broken_image_in_place(server, client, i
     assert [r["index"] for r in result["results"]] == [0, 1, 2]
     assert result["results"][1] == {
         "index": 1,
+        "confident": None,
         "predictions": [],
         "error": {"code": "truncated_image", "message": result["results"][1]["error"]["message"]},
     }
@@ -163,6 +164,20 @@ def test_async_client_and_concurrent_calls_with_bytes(server, images):
 def test_request_level_problems_are_4xx_in_our_shape(server, kwargs, status, code):
     r = httpx.post(f"{server.url}/api/classify", **kwargs)
     assert_error(r, status, code or "unsupported_media_type")
+
+
+def test_min_confidence_through_the_sync_client(server, client, images):
+    (first, *_), _ = images
+    p = mounted(server, first.read_bytes())["predictions"][0]["probability"]
+    sure = client.classify(image=first, min_confidence=p / 2)
+    assert (sure["min_confidence"], sure["confident"]) == (pytest.approx(p / 2), True)
+    unsure = client.classify_batch(images=[first], min_confidence=(1 + p) / 2)
+    assert unsure["results"][0]["confident"] is False
+    assert client.explain(image=first, min_confidence=0.0)["confident"] is True
+    assert client.classify(image=first)["confident"] is None
+    files = {"image": ("x.jpg", first.read_bytes()), "min_confidence": (None, "2")}
+    r = httpx.post(f"{server.url}/api/classify", files=files)
+    assert_error(r, 400, "bad_min_confidence")
 
 
 @pytest.mark.parametrize("top_k", ["0", "201", "-1", "abc", "1.5", "true", "null", ""])

@@ -246,6 +246,92 @@ def test_batch_request_level_problems(client):
     assert_error(r, 415, "unsupported_media_type")
 
 
+# --- min_confidence: an honest "not sure" -----------------------------------------------------
+
+
+def top_probability(client, data: bytes) -> float:
+    return classify(client, data).json()["predictions"][0]["probability"]
+
+
+def test_min_confidence_judges_the_answer_and_never_refuses_it(client):
+    p = top_probability(client, GOOD_JPEG)
+    assert 0.25 < p < 1  # 4 classes: a threshold on either side of it exists
+    unjudged = classify(client, GOOD_JPEG).json()
+    assert (unjudged["min_confidence"], unjudged["confident"]) == (None, None)
+    # p is rounded to 6 places in the answer: 1e-6 under it is under the real one too
+    for least, sure in ((p / 2, True), (p - 1e-6, True), (p + 1e-6, False)):
+        form = {"min_confidence": repr(least)}
+        r = client.post("/classify", files={"image": ("x", GOOD_JPEG)}, data=form)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["min_confidence"], body["confident"]) == (pytest.approx(least), sure)
+        assert body["predictions"] == unjudged["predictions"]  # still the top k
+    raw = client.post(
+        "/classify",
+        content=GOOD_JPEG,
+        params={"min_confidence": "1"},
+        headers={"content-type": "image/jpeg"},
+    )
+    assert raw.json()["confident"] is False
+
+
+def test_min_confidence_per_image_in_a_batch_and_on_explain(client):
+    images = fixture_images(4)
+    tops = [top_probability(client, d) for d in images]
+    least = sorted(tops)[1] + 1e-4  # the two least confident images fall below it
+    files = [("images", (f"{i}.jpg", d)) for i, d in enumerate([*images, b""])]
+    body = client.post("/classify_batch", files=files, data={"min_confidence": repr(least)}).json()
+    assert body["min_confidence"] == pytest.approx(least)
+    assert [r.get("confident") for r in body["results"]] == [t >= least for t in tops] + [None]
+    explained = client.post(
+        "/explain_batch", files=files, params={"min_confidence": repr(least)}
+    ).json()
+    assert [r.get("confident") for r in explained["results"]] == [t >= least for t in tops] + [None]
+    one = client.post("/explain", files={"image": ("x", images[0])}, data={"min_confidence": "0"})
+    assert one.json()["confident"] is True
+
+
+@pytest.mark.parametrize("bad", ["1.5", "-0.1", "nan", "inf", "abc", "", "0x1", "½", "1e5"])
+def test_a_bad_min_confidence_is_a_400_that_names_it(client, bad):
+    r = client.post("/classify", files={"image": ("x", GOOD_JPEG)}, data={"min_confidence": bad})
+    assert_error(r, 400, "bad_min_confidence")
+    assert "between 0 and 1" in r.json()["error"]["message"]
+    r = client.post("/classify_batch", files=[("images", ("x", GOOD_JPEG))],
+                    params={"min_confidence": bad})  # fmt: skip
+    assert_error(r, 400, "bad_min_confidence")
+
+
+def test_the_service_default_applies_unless_a_request_asks_otherwise(client):
+    from dataclasses import replace
+
+    from serving.routes import app
+
+    svc = app.state.service
+    before = svc.settings
+    svc.settings = replace(before, min_confidence=1.0)  # as TIN_MIN_CONFIDENCE=1 would
+    try:
+        body = classify(client, GOOD_JPEG).json()
+        assert (body["min_confidence"], body["confident"]) == (1.0, False)
+        r = client.post(
+            "/classify", files={"image": ("x", GOOD_JPEG)}, data={"min_confidence": "0"}
+        )
+        assert r.json()["confident"] is True
+        assert client.get("/model").json()["min_confidence"] == 1.0
+    finally:
+        svc.settings = before
+
+
+def test_min_confidence_from_the_environment(monkeypatch):
+    monkeypatch.delenv("TIN_MIN_CONFIDENCE", raising=False)
+    assert config.settings().min_confidence is None
+    monkeypatch.setenv("TIN_MIN_CONFIDENCE", "0.49")
+    assert config.settings().min_confidence == 0.49
+    for bad in ("1.2", "-1", "half"):
+        monkeypatch.setenv("TIN_MIN_CONFIDENCE", bad)
+        with pytest.raises(config.ConfigError, match="TIN_MIN_CONFIDENCE"):
+            config.settings()
+
+
 # --- GET routes and BentoML's own --------------------------------------------------------------
 
 
