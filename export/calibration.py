@@ -189,7 +189,8 @@ def fit(logits: np.ndarray, labels: np.ndarray, method: str = "temperature") -> 
     if not after["nll"] < before["nll"]:
         raise CalibrationError(
             f"temperature {t:.4g} raises NLL on the val half it was not fitted on "
-            f"({before['nll']:.4f} -> {after['nll']:.4f}); export with --calibrate none"
+            f"({before['nll']:.4f} -> {after['nll']:.4f}): refused (--calibrate none exports "
+            "without one)"
         )
     return record
 

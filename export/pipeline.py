@@ -319,12 +319,13 @@ def export(
 ) -> dict:
     """`python -m export`: write the models and NAME.export.json; return the report. `source` is
     a training checkpoint, or an exported fp32 ONNX (rewritten, not re-exported from torch).
-    `calibrate`: "temperature" (the default with `data`) or "none" (the logits as they come)."""
+    `calibrate`: "temperature" (the default with `data`: where it does not lower NLL on the
+    val half it was not fitted on it is left out, with a warning; asked for by name, that is an
+    error), "temperature-nll", or "none" (the logits as they come)."""
     check_options(source=source, data=data, int8=int8, tensorrt=tensorrt, tta_size=tta_size,
                   trt_precision=trt_precision, max_batch=max_batch, calib_images=calib_images,
                   weights=weights, calibrate=calibrate)  # fmt: skip
-    if calibrate is None:
-        calibrate = "none" if data is None else "temperature"
+    explicit, calibrate = calibrate is not None, calibrate or ("temperature" if data else "none")
     if is_onnx(source):
         fp32, ds, origin = from_onnx(source, data)
     else:
@@ -332,12 +333,20 @@ def export(
     val = None if fp32.val_inputs is None else (fp32.val_inputs, _labels(ds, fp32))
     if tta_flip or (tta_size or C.IMAGE_SIZE) != C.IMAGE_SIZE:
         fp32 = with_tta(fp32, val, tta_flip, tta_size)
+    refused = None
     if calibrate != "none":
-        fp32 = with_calibration(fp32, val, calibrate)
+        try:
+            fp32 = with_calibration(fp32, val, calibrate)
+        except K.CalibrationError as e:
+            if explicit:  # asked for by name: not having it is a failure
+                raise
+            # The default: a temperature that would not help is left out, and said so.
+            refused = str(e)
+            print(f"warning: {refused}; exported without calibration")
     out = E.save(fp32.model, out)
     report = {**origin, "fp32": {"path": str(out), **fp32.summary()}}
-    if fp32.card.calibration is not None:
-        report["calibration"] = fp32.card.calibration
+    if fp32.card.calibration is not None or refused:
+        report["calibration"] = fp32.card.calibration or {"refused": refused}
     if int8:
         report["int8"] = int8_forms(fp32, out, ds, val, calib_images, bench, int8_bar)
     if tensorrt is not None:

@@ -120,15 +120,20 @@ def check_exactly_once(out: Path, files: list[Path], model: Path) -> None:
 def test_every_input_once_with_the_services_answers(cluster, inputs, tmp_path, live_server):
     args, files, model = inputs
     out = tmp_path / "out"
-    finish(run_job([*args, "--model", str(model), "--format", "jsonl"], out, cluster))
+    judged = ["--model", str(model), "--format", "jsonl", "--min-confidence", "0.5"]
+    finish(run_job([*args, *judged], out, cluster))
     check_exactly_once(out, files, model)
     # The HTTP service (the same 4-class fixture model) answers the same classes in the same order.
+    for r in read_results(str(out)).to_pylist():  # judged by --min-confidence 0.5
+        assert r["confident"] is (None if r["error"] else bool(r["probabilities"][0] >= 0.5))
     rows = {r["path"]: r for r in read_results(str(out)).to_pylist() if r["error"] is None}
     some = sorted(rows)[:8]
     upload = [("images", (Path(p).name, Path(p).read_bytes())) for p in some]
-    answer = httpx.post(f"{live_server.url}/classify_batch", files=upload, data={"top_k": TOP_K})
+    form = {"top_k": TOP_K, "min_confidence": "0.5"}
+    answer = httpx.post(f"{live_server.url}/classify_batch", files=upload, data=form)
     for path, result in zip(some, answer.json()["results"], strict=True):
         assert [p["wnid"] for p in result["predictions"]] == rows[path]["wnids"]
+        assert result["confident"] is rows[path]["confident"]
         probabilities = [p["probability"] for p in result["predictions"]]
         np.testing.assert_allclose(rows[path]["probabilities"], probabilities, atol=1e-6)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left

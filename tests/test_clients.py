@@ -613,3 +613,40 @@ def test_cli_explain_writes_one_overlay_per_image_and_class_and_resumes(service,
     assert "failed (1)" in capsys.readouterr().err
     assert main(argv, transport=service) == 1  # nothing sent again; the old failure still counts
     assert len(read_jsonl(out / "explanations.jsonl")) == 3
+
+
+# --- min_confidence ------------------------------------------------------------------------------
+
+
+def test_min_confidence_marks_unsure_answers_in_results_and_records(service, tmp_path, capsys):
+    datas = jpegs(4)
+    with make_client(service) as client:
+        plain = [client.classify(d) for d in datas]
+        tops = [r.top1.probability for r in plain]
+        least = sorted(tops)[1] + 1e-4  # the two least confident images fall below it
+        assert sorted(tops)[2] > least
+        want = [t >= least for t in tops]
+        assert [r.confident for r in plain] == [None] * 4  # nothing asked, no judgement
+        assert [client.classify(d, min_confidence=least).confident for d in datas] == want
+        many = client.classify_many(datas, min_confidence=least, batch_size=3)
+        assert [r.confident for r in many] == want
+        assert [r.predictions for r in many] == [r.predictions for r in plain]
+        assert client.explain(datas[0], min_confidence=0.0).confident is True
+        maps = list(client.explain_iter(datas, min_confidence=least, batch_size=2))
+        assert [r.confident for r in maps] == want
+        for bad in (1.5, -0.1, float("nan"), "0.5", True):
+            with pytest.raises(ValueError, match="min_confidence must be a number from 0 to 1"):
+                client.classify(datas[0], min_confidence=bad)
+    paths = write_images(tmp_path / "in", datas)
+    out = tmp_path / "results.jsonl"
+    args = ["predict", *paths, "--url", URL, "--no-progress", "--min-confidence", repr(least)]
+    assert main([*args, "--out", str(out)], transport=service) == 0  # unsure is not a failure
+    assert [r["confident"] for r in read_jsonl(out)] == want
+    assert "2 below min_confidence (confident: false)" in capsys.readouterr().err
+    table = tmp_path / "results.csv"
+    assert main([*args, "--out", str(table)], transport=service) == 0
+    assert [r["confident"] for r in csv.DictReader(table.open())] == [str(w).lower() for w in want]
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", *paths, "--min-confidence", "2"])
+    assert exit_.value.code == 2
+    assert "must be a probability from 0 to 1, got '2'" in capsys.readouterr().err

@@ -362,6 +362,89 @@ def test_weights_beyond_fp16_range_are_refused(exported):
         E.store_fp16(model)
 
 
+# --- calibration ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def confident_val(exported, tiny_zip):
+    """The exported fixture model as the export sees it, with val labelled by its own top-1: a
+    model that is always right, whose best temperature is well under 1 on both halves."""
+    from export.pipeline import from_onnx
+
+    fp32, _, _ = from_onnx(exported[0], tiny_zip)
+    return fp32, (fp32.val_inputs, fp32.val_logits.argmax(1))
+
+
+def test_a_temperature_is_folded_into_the_head_and_checked(confident_val):
+    from export.pipeline import with_calibration
+
+    fp32, val = confident_val
+    done = with_calibration(fp32, val, "temperature")
+    record = done.card.calibration
+    t = record["temperature"]
+    assert t < 0.5
+    assert record["after"]["nll"] < record["before"]["nll"]
+    assert (record["fit_images"], record["judged_images"]) == (8, 8)
+    np.testing.assert_allclose(done.val_logits * t, fp32.val_logits, atol=1e-4 * 10)
+    assert (done.val_logits.argmax(1) == fp32.val_logits.argmax(1)).all()
+    np.testing.assert_allclose(done.bias * t, fp32.bias, atol=1e-5)
+    assert done.cam_error <= E.CAM_ATOL
+    assert {"random batch 64, calibrated", "val, calibrated"} <= set(done.parity)
+    assert C.ModelCard.of(done.model) == done.card  # the card travels in the file
+    x = random_images(5, seed=1)
+    logits, probs, cam = E.session(done.model).run(None, {C.INPUT_NAME: x})
+    assert E.cam_error(logits, cam, G.head_bias(done.model)) <= E.CAM_ATOL
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(logits), 1).numpy(), atol=1e-6)
+    # Again on the calibrated model: fitted from its raw logits, so the same T, not T².
+    again = with_calibration(done, val, "temperature")
+    assert again.card.calibration["temperature"] == pytest.approx(t, rel=1e-3)
+    np.testing.assert_allclose(again.val_logits, done.val_logits, rtol=1e-3, atol=1e-3)
+
+
+def test_each_int8_card_judges_the_temperature_on_its_own_logits(confident_val):
+    from export import calibration as K
+    from export.pipeline import _int8_card, with_calibration
+
+    fp32, (x, labels) = confident_val
+    card = with_calibration(fp32, (x, labels), "temperature").card
+    int8_logits = fp32.val_logits * 0.9  # any other logits of the same images
+    parity = {"images": len(labels), "val_top1": 0.5, "val_top5": 1.0}
+    got = _int8_card(card, parity, int8_logits, labels).calibration
+    _, judge = K.halves(labels)
+    assert got["after"] == K.figures(int8_logits[judge], labels[judge])
+    assert got["before"] == card.calibration["before"]
+    assert got["temperature"] == card.calibration["temperature"]
+
+
+def test_a_calibration_that_does_not_help_is_left_out_by_default_and_fails_if_asked(
+    exported, tmp_path, tiny_zip, capsys
+):
+    from export import calibration as K
+
+    path, _ = exported
+    out = tmp_path / "m.onnx"
+    assert main(["--onnx", str(path), "--out", str(out), "--calibrate", "temperature"]) == 2
+    assert "--calibrate temperature needs --data" in capsys.readouterr().err
+    # What calibration.fit raises when a temperature does not lower NLL on the other half
+    # (tests/test_calibration.py makes one happen).
+    with pytest.MonkeyPatch.context() as mp:
+
+        def against_the_model(logits, labels, method="temperature"):
+            raise K.CalibrationError(
+                "temperature 1.6 raises NLL on the val half it was not fitted on"
+            )
+
+        mp.setattr(K, "fit", against_the_model)
+        report = export(path, out, data=tiny_zip, bench=False)
+        assert report["calibration"]["refused"].startswith("temperature")
+        assert read_card(out).calibration is None
+        assert "exported without calibration" in capsys.readouterr().out
+        status = main(["--onnx", str(path), "--out", str(out), "--data", str(tiny_zip),
+                       "--calibrate", "temperature", "--no-bench"])  # fmt: skip
+        assert status == 2
+        assert "raises NLL on the val half it was not fitted on" in capsys.readouterr().err
+
+
 def test_unusable_options_fail_before_any_work(tiny_ckpt, exported, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["--checkpoint", str(tiny_ckpt), "--out", str(out), "--int8"]) == 2

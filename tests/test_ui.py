@@ -637,3 +637,35 @@ def test_a_missing_map_is_fetched_for_that_class(make_ui, server):
     wnid = answer["predictions"][1]["wnid"]
     assert ui.posts()[-1] == f"/explain?class={wnid}&format=json"
     assert_map(ui.overlay(), answer["predictions"][1]["cam"])
+
+
+def test_an_unsure_answer_is_said_in_words(make_ui, server):
+    """A calibrated model's card gives the threshold for 80% top-1: the page asks the service to
+    judge its answer by it, and says "Not sure" when the top-1 is below it."""
+    ui = make_ui(server)
+
+    def calibrated(route):
+        card = route.fetch().json()
+        card["calibration"] = {
+            "method": "temperature",
+            "temperature": 0.73,
+            "before": {"ece": 0.191},
+            "after": {"ece": 0.0219},
+            "selective": [
+                {"top1": 0.8, "min_confidence": 0.99, "coverage": 0.1},
+                {"top1": 0.9, "min_confidence": None, "coverage": 0.0},
+            ],
+        }
+        route.fulfill(json=card)
+
+    ui.page.route("**/model", calibrated)
+    assert ui.open().wait_card().endswith("calibrated probabilities (ECE 2.2%)")
+    data = fixture_images(1)[0]
+    answer = api(server, "/explain", data, top_k=5, format="json", min_confidence=0.99).json()
+    assert answer["confident"] is False  # the fixture model is never 99% sure
+    top = answer["predictions"][0]
+    ui.upload("fixture.jpg", data, "image/jpeg")
+    ui.wait_status(f"Not sure. Best guess: {top['label']}, {100 * top['probability']:.1f}%.")
+    assert ui.page.is_visible("#unsure")
+    assert "below the 99.0% this page trusts" in ui.page.text_content("#unsure")
+    assert ui.posts() == ["/explain?top_k=5&format=json&min_confidence=0.99"]
