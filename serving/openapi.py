@@ -218,13 +218,25 @@ NATIVE_PREFIX = "/api/"  # serving/native.py's; not imported, which would bring 
 PUBLIC = ("/livez", "/readyz", "/healthz", "/metrics", "/ui")  # serving/auth.py OPEN_PATHS
 
 
+def _ours(response: dict) -> dict:
+    """A 2xx response of an @bentoml.api route, pointing at our model of the answer: BentoML
+    inlines it as NAMEIODescriptor and drops `null` from its optional fields (1.4.39), so
+    "confident": null would not fit its own schema."""
+    content = response.get("content", {}).get("application/json", {})
+    name = content.get("schema", {}).get("title", "").removesuffix("IODescriptor")
+    if name not in SCHEMAS:
+        return response
+    return {**response, "content": {"application/json": {"schema": {"$ref": REF + name}}}}
+
+
 def native_errors(bentoml_paths: dict) -> dict:
     """BentoML documents its own error shapes (InvalidArgument...) for the @bentoml.api routes;
-    serving/native.py answers ours instead."""
+    serving/native.py answers ours instead, and the answers are serving/schemas.py's."""
     out = {}
     for path, item in bentoml_paths.items():
         if path.startswith(NATIVE_PREFIX) and "post" in item:
-            ok = {str(k): v for k, v in item["post"]["responses"].items() if str(k).startswith("2")}
+            responses = item["post"]["responses"].items()
+            ok = {str(k): _ours(v) for k, v in responses if str(k).startswith("2")}
             item = {
                 **item,
                 "post": {**item["post"], "responses": {**ok, **_errors(400, 413, 415, 503)}},

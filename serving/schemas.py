@@ -28,6 +28,7 @@ MinConfidence = Annotated[
     Field(
         ge=0,
         le=1,
+        strict=True,  # as TopK: a lax float would take `true` as 1.0
         description="below this top-1 probability the answer says confident: false (the top k "
         "are still listed); the model card's calibration.selective gives it for 80% and 90% top-1",
     ),

@@ -115,7 +115,7 @@ class Classifier:
         self,
         image: Path,
         top_k: TopK = config.DEFAULT_TOP_K,
-        min_confidence: MinConfidence | None = None,
+        min_confidence: MinConfidence = None,  # not asked; a null sent is refused
     ) -> Classification:
         """Classify one image (multipart field `image`); the top_k most probable classes."""
         # BentoML wrote the upload to a request temp file; NativeErrors has checked its size.
@@ -128,7 +128,7 @@ class Classifier:
         self,
         images: list[Path],
         top_k: TopK = config.DEFAULT_TOP_K,
-        min_confidence: MinConfidence | None = None,
+        min_confidence: MinConfidence = None,  # not asked; a null sent is refused
     ) -> BatchClassification:
         """Classify several images, in order; an unreadable one gets an error in its place."""
         self._check_count(images)
@@ -143,7 +143,7 @@ class Classifier:
         image: Path,
         top_k: TopK = config.DEFAULT_EXPLAIN_TOP_K,
         wnid: Wnid | None = None,
-        min_confidence: MinConfidence | None = None,
+        min_confidence: MinConfidence = None,  # not asked; a null sent is refused
     ) -> Explanation:
         """The activation maps of the top_k classes, or of the class `wnid` (GET /labels)."""
         ask, least = self._ask(top_k, wnid), self._least(min_confidence)
@@ -157,7 +157,7 @@ class Classifier:
         images: list[Path],
         top_k: TopK = config.DEFAULT_EXPLAIN_TOP_K,
         wnid: Wnid | None = None,
-        min_confidence: MinConfidence | None = None,
+        min_confidence: MinConfidence = None,  # not asked; a null sent is refused
     ) -> BatchExplanation:
         """/api/explain for several images, in order; an unreadable one gets an error."""
         self._check_count(images)
