@@ -30,8 +30,10 @@ $(VENV)/.installed-serve: pyproject.toml
 
 # Serve models/model.onnx (or $$TIN_MODEL: a file, or a model in BentoML's store) on
 # http://localhost:$(PORT) from the repo root, where bentofile.yaml names the service. Settings:
-# see serving/config.py (TIN_BACKEND, TIN_PRECISION, TIN_API_KEYS, ...).
+# see serving/config.py (TIN_BACKEND, TIN_PRECISION, TIN_API_KEYS, ...). It listens on this
+# machine only; HOST=0.0.0.0 exposes it (with TIN_API_KEYS set: README, "Serving").
 PORT ?= 3000
+HOST ?= 127.0.0.1
 serve: $(VENV)/.installed-serve
 	@model="$${TIN_MODEL:-models/model.onnx}"; case "$$model" in */*|*.onnx) \
 	  if [ ! -f "$$model" ]; then \
@@ -39,7 +41,8 @@ serve: $(VENV)/.installed-serve
 	  echo "by the export stage (python -m export, see README.md); set TIN_MODEL=/path/to.onnx" >&2; \
 	  echo "to serve another exported model, or TIN_MODEL=name:version for a stored one." >&2; \
 	  exit 1; fi;; esac
-	$(VENV)/bin/bentoml serve --port $(PORT)
+	@$(PY) -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2])))' $(HOST) $(PORT) 2>/dev/null || { 	  echo "error: port $(PORT) on $(HOST) is in use (another server?); serve on another: PORT=3001 make serve" >&2; exit 1; }
+	$(VENV)/bin/bentoml serve --host $(HOST) --port $(PORT)
 
 # The accuracy mode: the shipped model with flip averaging in its graph (+0.9 point top-1, twice
 # the compute), and its INT8 forms, made from models/model.onnx on first use (the test
@@ -50,7 +53,7 @@ $(FLIP_MODEL): models/model.onnx $(VENV)/.installed-$(TEST_EXTRAS)
 	$(PY) -m export --onnx models/model.onnx --out $(FLIP_MODEL) --tta-flip --int8 \
 	  --data $(TINY_IMAGENET)
 serve-flip: $(FLIP_MODEL)
-	TIN_MODEL=$(FLIP_MODEL) $(VENV)/bin/bentoml serve --port $(PORT)
+	TIN_MODEL=$(FLIP_MODEL) $(VENV)/bin/bentoml serve --host $(HOST) --port $(PORT)
 
 # A Bento with the model as a BentoML model: store models/model.onnx (with its INT8 forms and
 # card), then build with it. `bentoml build` installs uv into the venv where it finds none.

@@ -1,16 +1,21 @@
 """Which images a batch job reads: folders (recursively), globs, list files or files, on any
-filesystem pyarrow knows (local, s3://, gs://, ...), each input once, in the order given."""
+filesystem pyarrow knows (local, s3://, gs://, ...), each input once, in the order given.
+
+Every file found becomes a row: one that is not an image, a dangling link or a FIFO gets its row
+with the error (batch/pipeline.py `read_and_decode` never opens anything but a regular file), so
+nothing is skipped in silence. A path that exists is taken as it is, even with `[` or `*` in its
+name ('photos [2024]'); only a path that does not exist is tried as a glob. On a local disk,
+links are followed, each real folder walked once (a link loop ends) and each real file listed
+once, under the first name it was found by."""
 
 from __future__ import annotations
 
 import os
 import posixpath
+import stat
 
 import pyarrow.fs as pafs
 
-# The suffixes `inference.preprocess` decodes; a folder's other files are not images and are skipped
-# (a file named explicitly, in a list or by a glob, is always tried).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 
 
@@ -30,25 +35,47 @@ def _uri(path: str, inner: str) -> str:
     return f"{path.split('://', 1)[0]}://{inner}"
 
 
-def _is_image(name: str) -> bool:
-    return posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
+def local_walk(root: str) -> list[str]:
+    """Every file under a local folder (links to files, dangling links and special files too),
+    sorted; links to folders followed, each real folder once."""
+    walked, found = set(), []
+    for top, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in walked:
+            dirs[:] = []
+            continue
+        walked.add(real)
+        found += (os.path.join(top, f) for f in files)
+    return sorted(found)
+
+
+def is_regular(path: str) -> bool:
+    """A regular file (through links): not a FIFO, device, socket or folder, which reading would
+    hang on or fail."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def expand(item: str) -> list[str]:
-    """One command-line input -> image paths: a folder (recursively, image suffixes only, sorted),
-    a glob (`*`, `?`, `[...]`, `**`), a text file listing one path or URI a line (blank lines and
-    `#` comments skipped), or a file."""
+    """One command-line input -> paths: a folder (recursively, every file, sorted), a text file
+    listing one path or URI a line (blank lines and `#` comments skipped), a file, or, only
+    where no such path exists, a glob (`*`, `?`, `[...]`, `**`)."""
     from fsspec.implementations.arrow import ArrowFSWrapper
 
     fs, inner = filesystem(item)
-    if any(c in item for c in "*?["):
-        return [_uri(item, p) for p in sorted(ArrowFSWrapper(fs).glob(inner))]
+    local = "://" not in item
     info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound and any(c in item for c in "*?["):
+        return [_uri(item, p) for p in sorted(ArrowFSWrapper(fs).glob(inner))]
     if info.type == pafs.FileType.Directory:
+        if local:
+            return local_walk(inner)
         found = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-        files = (f.path for f in found if f.type == pafs.FileType.File and _is_image(f.path))
-        return [_uri(item, p) for p in sorted(files)]
-    if info.type == pafs.FileType.File and posixpath.splitext(inner)[1].lower() in LIST_SUFFIXES:
+        return [_uri(item, f.path) for f in found if f.type != pafs.FileType.Directory]
+    is_list = posixpath.splitext(inner)[1].lower() in LIST_SUFFIXES
+    if info.type == pafs.FileType.File and is_list and (not local or is_regular(inner)):
         with fs.open_input_stream(inner) as f:
             lines = f.read().decode().splitlines()
         entries = (s.strip() for s in lines)
@@ -57,5 +84,10 @@ def expand(item: str) -> list[str]:
 
 
 def list_inputs(items: list[str]) -> list[str]:
-    """Every input once, in the order given."""
-    return list(dict.fromkeys(p for item in items for p in expand(item)))
+    """Every input once, in the order given; a local file once per real file (its first name)."""
+    first = {}
+    for item in items:
+        for path in expand(item):
+            key = path if "://" in path else os.path.realpath(path)
+            first.setdefault(key, path)
+    return list(first.values())

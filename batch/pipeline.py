@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.inputs import filesystem, list_inputs
+from batch.inputs import filesystem, is_regular, list_inputs
 from batch.sink import (
     FORMATS,
     ROWS_PER_FILE,
@@ -57,6 +57,9 @@ def read_and_decode(batch: dict) -> dict:
     for i, path in enumerate(paths):
         try:
             fs, inner = filesystem(path)
+            if "://" not in path and os.path.exists(inner) and not is_regular(inner):
+                codes[i], messages[i] = "not_a_file", f"{path} is not a regular file"
+                continue  # a FIFO would block the read forever, a device would never end
             with fs.open_input_stream(inner) as f:
                 data = f.read()
             images[i] = decode(data)

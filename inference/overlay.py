@@ -43,7 +43,7 @@ def _axis(n: int, src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear upsampling of an (h, w) map to (height, width), half-pixel centres."""
-    cam = np.asarray(cam, np.float64)
+    cam = np.asarray(cam, np.float32)
     y0, y1, fy = _axis(height, cam.shape[0])
     x0, x1, fx = _axis(width, cam.shape[1])
     top = cam[y0][:, x0] * (1 - fx) + cam[y0][:, x1] * fx
@@ -59,9 +59,11 @@ def normalise(values: np.ndarray) -> np.ndarray:
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = ALPHA) -> Image.Image:
     """`image` (RGB, upright) with the coloured map blended over it, at the image's size."""
-    rgb = np.asarray(image.convert("RGB"), np.float64)
+    # float32: a megapixel in 12 MB a plane rather than 24 (the service draws at most
+    # inference.preprocess.OVERLAY_MAX_SIDE a side)
+    rgb = np.asarray(image.convert("RGB"), np.float32)
     heat = normalise(upsample(cam, rgb.shape[0], rgb.shape[1]))
-    colour = TURBO[np.round(heat * 255).astype(np.uint8)].astype(np.float64)
+    colour = TURBO[np.round(heat * 255).astype(np.uint8)].astype(np.float32)
     return Image.fromarray(np.round((1 - alpha) * rgb + alpha * colour).astype(np.uint8), "RGB")
 
 

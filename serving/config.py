@@ -16,6 +16,7 @@ TIN_MAX_BATCH_IMAGES      most images in one batch request (64)
 TIN_MAX_PIXELS            largest image accepted, in pixels: the decompression-bomb guard (40 M)
 TIN_MIN_CONFIDENCE        a probability: answers whose top-1 is below it say "confident": false (a
                           request's own min_confidence wins); off by default
+TIN_MAX_OVERLAYS          PNG overlays (/explain?format=png) drawn at once; more get 503 (2)
 TIN_BATCH_MAX_SIZE        micro-batching: most images in one engine call (32)
 TIN_BATCH_MAX_LATENCY_MS  micro-batching: a request expected to wait longer in the queue is
                           refused with 503 instead of queueing without end (10000)
@@ -127,6 +128,12 @@ def min_confidence() -> float | None:
     if value > 1:
         raise ConfigError(f"TIN_MIN_CONFIDENCE={raw!r} is a probability: give 0 to 1")
     return value
+
+
+def max_overlays() -> int:
+    """TIN_MAX_OVERLAYS: PNG overlays drawn at once (each up to 1024 px a side, about 0.1 s and
+    tens of MB); more are refused with 503 and Retry-After."""
+    return _number("TIN_MAX_OVERLAYS", 2, 1)
 
 
 def batch_max_size() -> int:

@@ -17,9 +17,11 @@ what this module changes:
   answer in its own shape: a body over TIN_MAX_UPLOAD_MB (BentoML has no limit) is a 413; a
   body that is not a form is a 415; a file field sent as text is a 400 (BentoML would download
   it as a URL, _bentoml_impl/serde.py MultipartSerde.ensure_file, and answer a 500 for anything
-  else); BentoML's own refusals (a missing or mistyped parameter: 400 {"error": "1 validation
-  error for Input", "detail": [...]}; 404; 405) are rewritten to {"error": {"code", "message"}},
-  with the codes of the mounted routes (missing_image, bad_top_k...).
+  else); a part the API does not take (`-F file=@a.jpg`) is a 400 unknown_parameter, as on the
+  mounted routes (BentoML answered it with a 500); BentoML's own refusals (a missing or mistyped
+  parameter: 400 {"error": "1 validation error for Input", "detail": [...]}; 404; 405) are
+  rewritten to {"error": {"code", "message"}}, with the codes of the mounted routes
+  (missing_image, bad_top_k...).
 """
 
 from __future__ import annotations
@@ -104,10 +106,10 @@ class NativeErrors:
     """ASGI middleware for the NATIVE_PREFIX routes: the upload size limit, no text in a file
     field, and BentoML's error bodies rewritten to {"error": {"code", "message"}}."""
 
-    def __init__(self, app, max_upload_bytes: int, routes: dict[str, tuple[str, ...]]):
+    def __init__(self, app, max_upload_bytes: int, routes: dict[str, tuple[tuple, tuple]]):
         self.app = app
         self.limit = max_upload_bytes
-        self.routes = routes  # each @bentoml.api route: its file parameters
+        self.routes = routes  # each @bentoml.api route: (its file parameters, all its parameters)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith(NATIVE_PREFIX):
@@ -145,9 +147,11 @@ class NativeErrors:
                 break
         return b"".join(chunks)
 
-    async def _check_form(self, scope, body: bytes, fields) -> tuple[int, str, str] | None:
-        """Only a form can carry the files; and a file field sent as text would be fetched as a
-        URL by BentoML: refuse both here, as serving/routes.py `read_form` does."""
+    async def _check_form(self, scope, body: bytes, spec) -> tuple[int, str, str] | None:
+        """Only a form can carry the files; a file field sent as text would be fetched as a URL
+        by BentoML, and a part it does not know is a 500 there: refuse all three here, as
+        serving/routes.py `read_form` and `check_query` do."""
+        fields, known = spec
         request = Request(scope, _replay(body))
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind not in FORM_TYPES:
@@ -158,6 +162,12 @@ class NativeErrors:
             )
         try:
             async with request.form(max_files=10_000, max_fields=100) as form:
+                unknown = sorted(set(form.keys()) - set(known))
+                if unknown:
+                    route = scope["path"]
+                    takes = ", ".join(known)
+                    message = f"unknown form field {unknown[0][:40]!r}; {route} takes {takes}"
+                    return 400, "unknown_parameter", message
                 for field in fields:
                     if any(not isinstance(v, UploadFile) for v in form.getlist(field)):
                         return (

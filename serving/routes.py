@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from starlette.routing import Route
 
 from inference.answers import Ask, confident, explanation, multipart_mixed, png_parts, top_k
 from inference.batcher import Overloaded
-from inference.preprocess import ImageError, model_input, open_reduced, open_rgb
+from inference.preprocess import ImageError, model_input, open_for_overlay, open_reduced
 from serving.config import DEFAULT_EXPLAIN_TOP_K, DEFAULT_TOP_K, MAX_TOP_K
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
@@ -44,9 +45,10 @@ MAX_FORM_FILES = 10_000  # a guard for the parser only; TIN_MAX_BATCH_IMAGES is 
 class ApiError(Exception):
     """A request this API refuses: HTTP status, error code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers
 
 
 def error_body(code: str, message: str) -> dict:
@@ -60,8 +62,30 @@ def refusal(e: ApiError | Overloaded) -> JSONResponse:
     """The answer to a refused request, for the mounted routes and the native APIs alike."""
     if isinstance(e, Overloaded):  # the batching queue is too long (inference/batcher.py)
         message = "the model is overloaded or unavailable; retry later"
-        return JSONResponse(error_body("unavailable", message), status_code=503)
-    return JSONResponse(error_body(e.code, e.message), status_code=e.status)
+        body = error_body("unavailable", message)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(error_body(e.code, e.message), status_code=e.status, headers=e.headers)
+
+
+class Slots:
+    """At most `n` of an expensive kind of work at once (drawing PNG overlays); past that a
+    request is refused at once with 503 and Retry-After rather than queued, so that a burst of
+    them cannot hold the CPUs, or the memory, that every other request needs. One event loop
+    takes and gives back the slots: no lock."""
+
+    def __init__(self, n: int, what: str):
+        self.free, self.what = n, what
+
+    @contextmanager
+    def take(self):
+        if self.free <= 0:
+            message = f"too many {self.what} in progress; retry in a moment"
+            raise ApiError(503, "busy", message, {"Retry-After": "1"})
+        self.free -= 1
+        try:
+            yield
+        finally:
+            self.free += 1
 
 
 def json_errors(handler: Callable[[Request], Awaitable[JSONResponse]]):
@@ -250,18 +274,16 @@ class Decoded:
 
 async def decode_all(data: list[bytes], max_pixels: int, keep: bool = False):
     """Decode off the event loop (a large JPEG takes tens of ms); each failure (an ImageError)
-    kept in its place. `keep`: hold on to the full-size upright images too."""
+    kept in its place. `keep`: the upright images to draw on too, at most OVERLAY_MAX_SIDE a
+    side."""
 
     def work():
         out = []
         for d in data:
             try:
-                if keep:  # the full-size image, to draw the maps on
-                    rgb = open_rgb(d, max_pixels)
-                    out.append(Decoded(model_input(rgb), rgb.size, rgb))
-                else:
-                    rgb, size = open_reduced(d, max_pixels)
-                    out.append(Decoded(model_input(rgb), size))
+                rgb, size = open_reduced(d, max_pixels)  # the model sees what /classify sees
+                shown = open_for_overlay(d, max_pixels) if keep else None  # to draw on
+                out.append(Decoded(model_input(rgb), size, shown))
             except ImageError as e:
                 out.append(e)
         return out
@@ -438,10 +460,12 @@ async def explain(request: Request) -> Response:
     form, data = await one_upload(request, svc, "/explain")
     ask, fmt = explain_ask(form, request, svc.card), explain_format(form, request)
     least = form_min_confidence(form, request, svc.settings.min_confidence)
-    body, image = await explain_one(svc, data, ask, keep=fmt == "png", least=least)
     if fmt == "json":
+        body, _ = await explain_one(svc, data, ask, least=least)
         return JSONResponse(body)
-    parts = await anyio.to_thread.run_sync(png_parts, image, body["predictions"])
+    with svc.overlays.take():
+        body, image = await explain_one(svc, data, ask, keep=True, least=least)
+        parts = await anyio.to_thread.run_sync(png_parts, image, body["predictions"])
     if len(parts) == 1:
         _, png, headers = parts[0]
         return Response(png, media_type="image/png", headers=headers)

@@ -21,8 +21,8 @@ from inference.backend import open_backend
 from inference.batcher import Batcher, engine_thread
 from serving import auth, bentoml_patches, config, openapi
 from serving.native import NativeErrors, api_errors
-from serving.routes import app as http_app
 from serving.routes import (
+    Slots,
     check_count,
     class_ask,
     classify_many,
@@ -30,6 +30,7 @@ from serving.routes import (
     explain_many,
     explain_one,
 )
+from serving.routes import app as http_app
 from serving.schemas import (
     BatchClassification,
     BatchExplanation,
@@ -84,6 +85,7 @@ class Classifier:
 
         self.predictions = batcher("predict", lambda x: (self.backend.predict(x),))
         self.explainer = batcher("explain", self.backend.explain)
+        self.overlays = Slots(config.max_overlays(), "PNG overlays")  # /explain?format=png
         http_app.state.service = self  # what the mounted routes answer with (serving/routes.py)
         log.info(
             "Classifier: model %s (%d classes), uploads up to %d bytes, %d images per batch "
@@ -187,10 +189,19 @@ class Classifier:
 # concurrency; _bentoml_impl/server/app.py ServiceAppFactory.middlewares). ServerErrors first:
 # an exception below it would otherwise hang the request until the traffic timeout; then the
 # key check, so that an unauthenticated body is never read.
+# Every path these answer, and BentoML's own: any other is counted as one label in /metrics.
+bentoml_patches.bound_metric_paths(
+    {r.path for r in http_app.routes}
+    | {api.route for api in Classifier.apis.values()}
+    | {"/", "/livez", "/readyz", "/healthz", "/docs.json", "/schema.json"}
+)
 Classifier.add_asgi_middleware(bentoml_patches.ServerErrors)
 Classifier.add_asgi_middleware(auth.ApiKeyMiddleware, keys=auth.api_keys())
 Classifier.add_asgi_middleware(
     NativeErrors,
     max_upload_bytes=config.settings().max_upload_bytes,
-    routes={api.route: tuple(api.input_spec.multipart_fields) for api in Classifier.apis.values()},
+    routes={
+        api.route: (tuple(api.input_spec.multipart_fields), tuple(api.input_spec.model_fields))
+        for api in Classifier.apis.values()
+    },
 )

@@ -52,7 +52,8 @@ def inputs(tmp_path_factory) -> tuple[list[str], list[Path], Path]:
     for i, data in enumerate(fixture_images(40)):
         files.append(jpegs / ("sub" if i % 4 == 0 else "") / f"{i:03d}.jpg")
         files[-1].write_bytes(data)
-    (jpegs / "notes.txt").write_text("a folder's non-image files are skipped\n")
+    files.append(jpegs / "notes.txt")  # not an image: a row with its error, not skipped
+    files[-1].write_text("a folder's non-image files are error rows\n")
     for i, data in enumerate(fixture_images(20, fmt="PNG")):
         files.append(pngs / f"{i:03d}.png")
         files[-1].write_bytes(data)
@@ -138,7 +139,7 @@ def test_every_input_once_with_the_services_answers(cluster, inputs, tmp_path, l
         np.testing.assert_allclose(rows[path]["probabilities"], probabilities, atol=1e-6)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
     again = finish(run_job([*args, "--model", str(model), "--format", "jsonl"], out, cluster))
-    assert '"skipped": 63' in again
+    assert '"skipped": 64' in again
     assert '"written": 0' in again
 
 
@@ -184,3 +185,36 @@ def test_actors_always_leave_a_cpu_for_the_tasks(cpus, actors):
     if actors is None:
         assert n * threads <= cpus  # threads add up to the machine, not more
     assert plan(2, None, None) == (2, 1, 0.5)  # 2 cores: 2 single-threaded actors, 1 CPU
+
+
+def test_every_file_once_and_nothing_that_hangs_or_hides(tmp_path):
+    """A folder whose name looks like a glob, a link loop, a second name for a file, a dangling
+    link, a FIFO and a non-image: one row each per real file, and no read that blocks."""
+    import os
+    import signal
+
+    from batch.inputs import list_inputs
+    from batch.pipeline import read_and_decode
+
+    photos = tmp_path / "photos [2024]"
+    photos.mkdir()
+    jpeg, png = fixture_images(1)[0], fixture_images(1, fmt="PNG")[0]
+    (photos / "a.jpg").write_bytes(jpeg)
+    (photos / "b.png").write_bytes(png)
+    (photos / "notes.txt").write_text("not an image")
+    os.symlink(".", photos / "loop")
+    os.symlink(photos / "a.jpg", photos / "alias.jpg")
+    os.symlink(tmp_path / "gone.jpg", photos / "dangling.jpg")
+    os.mkfifo(photos / "pipe.jpg")
+    got = list_inputs([str(photos), str(photos / "alias.jpg")])
+    names = ["a.jpg", "b.png", "dangling.jpg", "notes.txt", "pipe.jpg"]
+    assert got == [str(photos / n) for n in names]
+    signal.alarm(30)  # a read of the FIFO would block forever: fail instead
+    try:
+        rows = read_and_decode({"path": got})
+    finally:
+        signal.alarm(0)
+    codes = dict(zip(names, rows["error_code"], strict=True))
+    assert codes == {"a.jpg": "", "b.png": "", "dangling.jpg": "unreadable",
+                     "notes.txt": "not_an_image", "pipe.jpg": "not_a_file"}  # fmt: skip
+    assert list_inputs([str(tmp_path / "photos [2024]" / "b.png")]) == [str(photos / "b.png")]

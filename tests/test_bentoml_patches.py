@@ -115,3 +115,55 @@ def test_bentomls_client_still_refuses_a_file_object_that_bytes_upload_fixes():
         ClientFileManager().get_file(io.BytesIO(b"jpeg"))
     name, file, kind = ClientFileManager().get_file(BytesUpload(b"jpeg", "cat.jpg"))
     assert (name, file.read(), kind) == ("cat.jpg", b"jpeg", "image/jpeg")
+
+
+def test_bentomls_metrics_still_label_by_the_raw_path():
+    """Patch 3: upstream labels HTTP metrics by scope["path"], unbounded; drop
+    bound_metric_paths once it labels by route."""
+    import inspect
+
+    from serving import bentoml_patches
+
+    for original in bentoml_patches._metrics_calls.values():
+        source = inspect.getsource(original)
+        assert 'endpoint = scope["path"]' in source
+        assert "endpoint=endpoint" in source
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(live_server):
+    """Patch 4 on a real `bentoml serve`: silence, and half a request line, are hung up on after
+    TIN_HEADER_TIMEOUT_S (10 s), while a normal request is answered meanwhile."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    where = urlsplit(live_server.url)
+    silent = socket.create_connection((where.hostname, where.port), timeout=30)
+    half = socket.create_connection((where.hostname, where.port), timeout=30)
+    half.sendall(b"GET /readyz HT")
+    start = time.monotonic()
+    assert httpx.get(f"{live_server.url}/readyz", timeout=10).status_code == 200
+    for conn in (silent, half):
+        assert conn.recv(1024) == b""  # closed by the server, not by our 30 s timeout
+        conn.close()
+    assert time.monotonic() - start < 20
+
+
+def test_made_up_paths_share_one_metrics_label(live_server):
+    """Patch 3 on a real `bentoml serve` (its /metrics reads the multiprocess folder)."""
+    import httpx
+
+    from tests.abuse import GOOD_JPEG
+
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        for i in range(300):
+            assert http.get(f"/made-up-{i}").status_code == 404
+        r = http.post("/classify", files={"image": ("x.jpg", GOOD_JPEG)})
+        assert r.status_code == 200
+        text = http.get("/metrics").text
+    assert "/made-up-" not in text
+    assert 'endpoint="/(other)"' in text
+    assert 'endpoint="/classify"' in text
+    assert len(text) < 200_000  # 300 paths labelled one by one would add about 1 MB

@@ -159,6 +159,76 @@ def test_explain_png_is_the_map_over_the_upright_image_at_its_own_size(client):
     assert len(np.unique(np.asarray(png).reshape(-1, 3), axis=0)) > 10  # a map, not a flat image
 
 
+def test_a_large_upload_is_drawn_at_a_bounded_size_with_the_answer_of_classify(client):
+    # 1500×600 stored, EXIF 6: displayed 600 wide, 1500 high; drawn 410×1024 (the long side at
+    # OVERLAY_MAX_SIDE), whatever the upload's resolution.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big = Image.fromarray(fixture_array(1, CLASSES)).resize((1500, 600), Image.Resampling.BICUBIC)
+    data = encode(big, "JPEG", quality=90, exif=exif.tobytes())
+    r = explain(client, data, top_k="1", format="png")
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (410, 1024)
+    assert explain(client, data, top_k="1").json()["image_size"] == [600, 1500]
+    top = client.post("/classify", files={"image": ("x.jpg", data)}).json()["predictions"][0]
+    assert r.headers["x-wnid"] == top["wnid"]  # the same decode for the model as /classify's
+
+
+def test_overlays_past_the_limit_are_a_503_with_retry_after_and_json_still_answers(client):
+    from serving.routes import app
+
+    slots = app.state.service.overlays
+    taken, slots.free = slots.free, 0  # as if every slot were drawing
+    try:
+        data = encode(fixture_array(0, CLASSES))
+        r = explain(client, data, top_k="1", format="png")
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "busy"
+        assert explain(client, data, top_k="1").status_code == 200  # JSON maps need no slot
+    finally:
+        slots.free = taken
+    assert explain(client, data, top_k="1", format="png").status_code == 200
+    assert slots.free == taken  # given back, after a success as after a refusal
+
+
+def test_a_40_megapixel_overlay_stays_small_in_memory(tmp_path):
+    """8000×5000 JPEG → the overlay a service draws for it: decoded reduced, drawn at 1024 a
+    side, in a fresh process whose peak memory is measured (drawn at full size it took 4.6 GB;
+    decoding it in full alone takes 120 MB)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    x = np.linspace(0, 255, 8000, dtype=np.float32)
+    y = np.linspace(0, 255, 5000, dtype=np.float32)[:, None]
+    rgb = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], -1).astype(np.uint8)
+    photo = tmp_path / "40mp.jpg"
+    Image.fromarray(rgb).save(photo, "JPEG", quality=80)
+    script = tmp_path / "draw.py"
+    script.write_text(
+        "import resource, sys\n"
+        "import numpy as np\n"
+        "from inference import overlay\n"
+        "from inference.preprocess import open_for_overlay, open_reduced\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "shown = open_for_overlay(data)\n"
+        "open_reduced(data)\n"
+        "png = overlay.png(overlay.overlay(shown, np.random.default_rng(0).normal(size=(4, 4))))\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(shown.size, (after - before) // 1024)\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    command = [sys.executable, str(script), str(photo)]
+    env = {"PYTHONPATH": str(repo)}
+    done = subprocess.run(command, cwd=repo, text=True, capture_output=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    size, grown_mib = done.stdout.strip().rsplit(" ", 1)
+    assert size == "(1024, 640)"
+    assert int(grown_mib) < 100, done.stdout  # MiB past reading the file
+
+
 def test_explain_png_of_several_classes_is_multipart_one_png_each(client):
     data = encode(fixture_array(3, CLASSES, seed=5))
     r = explain(client, data, top_k="3", format="png")

@@ -166,6 +166,17 @@ def test_request_level_problems_are_4xx_in_our_shape(server, kwargs, status, cod
     assert_error(r, status, code or "unsupported_media_type")
 
 
+@pytest.mark.parametrize("route", ["/api/classify", "/api/classify_batch", "/api/explain"])
+def test_a_part_the_api_does_not_take_is_a_400_not_a_500(server, images, route):
+    (first, *_), _ = images
+    data = first.read_bytes()
+    field = "images" if route.endswith("_batch") else "image"
+    for files in ({"file": ("a.jpg", data)}, {field: ("a.jpg", data), "extra": ("b.jpg", data)}):
+        r = httpx.post(f"{server.url}{route}", files=files)
+        assert_error(r, 400, "unknown_parameter")
+        assert field in r.json()["error"]["message"]  # it says what the route takes
+
+
 def test_min_confidence_through_the_sync_client(server, client, images):
     (first, *_), _ = images
     p = mounted(server, first.read_bytes())["predictions"][0]["probability"]

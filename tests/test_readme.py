@@ -135,3 +135,12 @@ def stop(proc: subprocess.Popen) -> None:
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
+
+
+def test_what_the_quickstart_writes_is_ignored_by_git():
+    """Run in a checkout, the quickstart leaves these behind; a fresh copy must not take them."""
+    written = ["cat.jpg", "cat-map.png", "cat-overlay.png", "photos/a.jpg", "results.jsonl",
+               "maps/a.1-n01443537.png"]  # fmt: skip
+    done = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.stdout.split() == written
