@@ -75,7 +75,7 @@ def _validation_message(body: dict) -> tuple[str, str]:
 
 
 OTHER_ERRORS = {
-    404: ("not_found", "no such API"),
+    404: ("not_found", "no such route (GET /docs.json lists them)"),
     405: ("method_not_allowed", "this API takes POST"),
     413: ("upload_too_large", "the request body is over the limit"),
     415: ("unsupported_media_type", "send multipart/form-data"),
@@ -112,8 +112,12 @@ class NativeErrors:
         self.routes = routes  # each @bentoml.api route: (its file parameters, all its parameters)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(NATIVE_PREFIX):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if not scope["path"].startswith(NATIVE_PREFIX):
+            # BentoML's own plain-text 404 and 405 for a path no route takes (/clasify) in our
+            # shape too; our routes' refusals pass through as they are.
+            return await self.app(scope, receive, _rewriting(send))
         if scope["method"] != "POST" or scope["path"] not in self.routes:
             # BentoML's 404, or its 405 (with Allow), in our shape
             return await self.app(scope, receive, _rewriting(send))

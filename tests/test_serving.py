@@ -361,6 +361,14 @@ def test_model_describes_card_backend_and_limits(client):
     assert m["limits"]["max_batch_images"] == 8
 
 
+def test_a_path_no_route_takes_is_a_json_404(client):
+    for method in ("GET", "POST"):
+        r = client.request(method, "/clasify")
+        assert_error(r, 404, "not_found")
+        assert r.headers["content-type"] == "application/json"
+        assert "/docs.json" in r.json()["error"]["message"]
+
+
 def test_bentoml_system_routes_stay(client):
     for path in ("/readyz", "/livez", "/metrics", "/docs.json", "/"):
         if path != "/metrics" or client.metrics:
