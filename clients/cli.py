@@ -15,8 +15,9 @@ interrupted or lost the service is resumed by running it again: nothing recorded
 and nothing is recorded twice. Images the service refused are recorded with their error.
 
 Exit status: 0 every image classified; 1 some image failed (now or in the run being resumed);
-2 bad usage; 3 the service could not be used (unreachable, or it refused the requests
-themselves): the results so far are kept, run again to resume; 130 interrupted.
+2 bad usage (a missing or wrong API key too); 3 the service could not be used (unreachable, or
+it refused the requests themselves): the results so far are kept, run again to resume; 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -227,6 +228,15 @@ def make_client(args: argparse.Namespace, transport: httpx.BaseTransport | None)
     )
 
 
+def unusable(e: ClientError) -> tuple[str, int]:
+    """(the line to print, the exit status) when the service refuses the requests themselves: a
+    key problem is a usage error with its fix; anything else, the service unavailable."""
+    if e.code == "unauthorized":
+        fix = f"pass --api-key KEY or set {API_KEY_ENV}"
+        return f"error: the service refused the API key, or needs one: {fix}", EXIT_USAGE
+    return f"error: the service could not be used: {e}", EXIT_UNAVAILABLE
+
+
 def failure_line(result: Result) -> str:
     return f"{result.input}: {result.error}"
 
@@ -254,7 +264,7 @@ def predict(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
                 else:
                     failures.append(result)
         except ClientError as e:
-            stopped = f"error: the service could not be used: {e}"
+            stopped, status = unusable(e)
         except KeyboardInterrupt:
             stopped = "interrupted"
     seconds = time.perf_counter() - start
@@ -273,7 +283,7 @@ def predict(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
         left = len(todo) - done
         resume = f"; run the same command again to do the {left} left" if out else ""
         warn(f"{stopped}{resume}")
-        return EXIT_INTERRUPTED if stopped == "interrupted" else EXIT_UNAVAILABLE
+        return EXIT_INTERRUPTED if stopped == "interrupted" else status
     return EXIT_FAILED if failures or failed_before else 0
 
 
@@ -312,7 +322,7 @@ def explain(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
                     failures.append(result)
                 write(result)
         except ClientError as e:
-            stopped = f"error: the service could not be used: {e}"
+            stopped, status = unusable(e)
         except KeyboardInterrupt:
             stopped = "interrupted"
     warn_list(f"failed ({len(failures)}):", [failure_line(r) for r in failures])
@@ -320,7 +330,7 @@ def explain(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
          f"{len(images) - len(todo)} already done ({failed_before} of them failed)")  # fmt: skip
     if stopped:
         warn(f"{stopped}; run the same command again to do the rest")
-        return EXIT_INTERRUPTED if stopped == "interrupted" else EXIT_UNAVAILABLE
+        return EXIT_INTERRUPTED if stopped == "interrupted" else status
     return EXIT_FAILED if failures or failed_before else 0
 
 
@@ -375,8 +385,9 @@ def evaluate(args: argparse.Namespace, transport: httpx.BaseTransport | None) ->
                 top1 += result.top1.wnid == wnid
                 top5 += wnid in {p.wnid for p in result.predictions[:5]}
         except ClientError as e:
-            warn(f"error: the service could not be used: {e}")
-            return EXIT_UNAVAILABLE
+            line, status = unusable(e)
+            warn(line)
+            return status
     seconds = time.perf_counter() - start
     classified = len(paths) - len(failures)
     report = {
@@ -465,7 +476,7 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m clients",
         description="Classify images with the Tiny ImageNet service.",
-        epilog="Exit status: 0 all classified, 1 some image failed, 2 bad usage, "
+        epilog="Exit status: 0 all classified, 1 some image failed, 2 bad usage or API key, "
         "3 service unavailable (run again to resume), 130 interrupted.",
     )
     sub = p.add_subparsers(dest="command", required=True)

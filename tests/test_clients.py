@@ -650,3 +650,18 @@ def test_min_confidence_marks_unsure_answers_in_results_and_records(service, tmp
         main(["predict", *paths, "--min-confidence", "2"])
     assert exit_.value.code == 2
     assert "must be a probability from 0 to 1, got '2'" in capsys.readouterr().err
+
+
+def test_a_missing_or_wrong_key_is_a_usage_error_that_names_the_fix(tmp_path, capsys):
+    def refuse(request):
+        message = "this service needs an API key: send the header Authorization: Bearer <key>"
+        return httpx.Response(401, json={"error": {"code": "unauthorized", "message": message}})
+
+    paths = write_images(tmp_path / "in", jpegs(2))
+    out = tmp_path / "r.jsonl"
+    argv = ["predict", *paths, "--url", URL, "--out", str(out), "--no-progress"]
+    assert main(argv, transport=httpx.MockTransport(refuse)) == 2
+    err = capsys.readouterr().err
+    assert "error: the service refused the API key, or needs one: pass --api-key KEY or set " \
+        "TIN_API_KEY" in err  # fmt: skip
+    assert "Authorization" not in err
