@@ -115,3 +115,40 @@ def test_a_batch_that_gives_up_resumes_after_the_restart(server, images, no_faul
     assert KILL_AT <= stopped_at < IMAGES
     assert main(args) == 0  # the same command again: only what is missing is sent
     assert_same_results(read_jsonl(out), no_fault)
+
+
+def test_sigterm_under_load_answers_every_request_sent_before_it(tmp_path):
+    """A graceful stop: every request that began before SIGTERM is answered 200; those after it
+    are refused or cut off (the port is closing), never answered with a 5xx."""
+    import threading
+
+    from tests.serving_fixtures import write_model
+
+    server = Server(write_model(tmp_path / "tiny.onnx", classes=4), tmp_path).start()
+    data = fixture_images(1)[0]
+    signalled, outcomes, stop = [None], [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            began = time.monotonic()
+            try:  # a new connection each time: Connection: close
+                headers = {"content-type": "image/jpeg", "connection": "close"}
+                r = httpx.post(f"{server.url}/classify", content=data, headers=headers, timeout=30)
+                outcome = r.status_code
+            except httpx.TransportError as e:
+                outcome = type(e).__name__
+                time.sleep(0.02)
+            outcomes.append((signalled[0] is None or began < signalled[0], outcome))
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(8):
+            pool.submit(load)
+        time.sleep(1.5)
+        signalled[0] = time.monotonic()
+        server.stop(signal.SIGTERM)
+        stop.set()
+    before = [o for was_before, o in outcomes if was_before]
+    after = [o for was_before, o in outcomes if not was_before]
+    assert len(before) >= 20
+    assert set(before) == {200}, before
+    assert not [o for o in after if isinstance(o, int) and o >= 500], after
