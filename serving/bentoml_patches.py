@@ -30,6 +30,11 @@ client's side (the client must not import the server): clients/bentoml_upload.py
    `install()` arms a timer when a connection opens and when a request begins, cancelled when
    its headers are complete: past TIN_HEADER_TIMEOUT_S (10) seconds the connection is closed.
    For uvicorn's httptools protocol, the one the `serve` extra installs.
+5. A metrics folder per server. BentoML keeps the prometheus multiprocess files in
+   $BENTOML_HOME/prometheus_multiproc_dir and empties it when a server starts: a second
+   `bentoml serve` on the machine wiped the first one's, whose /metrics then showed the other's
+   numbers. `install()`, in the process that starts the server, points it at
+   $BENTOML_HOME/prometheus_multiproc_dirs/PID instead, and removes those of servers gone.
 """
 
 from __future__ import annotations
@@ -125,6 +130,25 @@ def install() -> None:
     close connections that do not finish their headers in time (patch 4)."""
     traffic.TimeoutMiddleware = TimeoutMiddleware
     header_timeout(float(os.environ.get("TIN_HEADER_TIMEOUT_S", "") or 10))
+    own_metrics_folder()
+
+
+def own_metrics_folder() -> None:
+    """Patch 5 above. Only where no folder was chosen yet: a worker inherits its server's in
+    PROMETHEUS_MULTIPROC_DIR (and a test may set its own)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    import shutil
+    from pathlib import Path
+
+    import psutil  # a dependency of BentoML
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    base = Path(BentoMLContainer.bentoml_home.get()) / "prometheus_multiproc_dirs"
+    for old in base.glob("*"):
+        if not (old.name.isdigit() and psutil.pid_exists(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    BentoMLContainer.prometheus_multiproc_dir.set(str(base / str(os.getpid())))
 
 
 def header_timeout(seconds: float) -> None:

@@ -167,3 +167,45 @@ def test_made_up_paths_share_one_metrics_label(live_server):
     assert 'endpoint="/(other)"' in text
     assert 'endpoint="/classify"' in text
     assert len(text) < 200_000  # 300 paths labelled one by one would add about 1 MB
+
+
+def test_bentoml_still_empties_the_metrics_folder_a_server_starts_with(tmp_path):
+    """Patch 5: upstream wipes a non-empty multiprocess folder at start; drop own_metrics_folder
+    once each server gets its own."""
+    from bentoml.serving import ensure_prometheus_dir
+
+    (tmp_path / "counter_1.db").write_bytes(b"another server's numbers")
+    assert ensure_prometheus_dir(str(tmp_path)) == str(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_servers_on_one_machine_keep_their_own_metrics(tmp_path, monkeypatch):
+    import httpx
+    import psutil
+
+    from tests.serving_fixtures import Server, write_model
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    model = write_model(tmp_path / "tiny.onnx", classes=4)
+    home = str(tmp_path / "home")
+    first, second = Server(model, tmp_path), Server(model, tmp_path)
+    for s in (first, second):
+        s.env["BENTOML_HOME"] = home
+        s.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with first:
+        for _ in range(5):
+            httpx.get(f"{first.url}/labels")
+        with second:
+            folders = {
+                s: {p.environ().get("PROMETHEUS_MULTIPROC_DIR")
+                    for p in psutil.Process(s.proc.pid).children(recursive=True)}
+                for s in (first, second)
+            }  # fmt: skip
+            text = httpx.get(f"{first.url}/metrics").text
+    assert folders[first].isdisjoint(folders[second])
+    counted = (
+        line
+        for line in text.splitlines()
+        if line.startswith("bentoml_service_request_total") and 'endpoint="/labels"' in line
+    )
+    assert next(counted).endswith(" 5.0")  # the first server's own count, not wiped
