@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="fill the confident column: top-1 probability >= P (the model card's "
                         "calibration.selective gives P for 80%% and 90%% top-1)")  # fmt: skip
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    p.add_argument("--actors", type=int, help="inference actors, one engine each (default: plan())")
-    p.add_argument("--threads", type=int, help="intra-op threads per actor")
+    p.add_argument("--actors", type=int,
+                   help="inference actors, one engine each (default: one per CPU)")  # fmt: skip
+    p.add_argument("--threads", type=int,
+                   help="engine threads per actor (default: the CPUs over the actors)")  # fmt: skip
     p.add_argument("--model", help="exported ONNX model (default: TIN_MODEL, models/model.onnx)")
     env = os.environ
     p.add_argument("--backend", default=env.get("TIN_BACKEND", "auto"),

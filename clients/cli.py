@@ -93,7 +93,8 @@ def is_image(path: str) -> bool:
 
 
 def walk(paths: list[str]) -> tuple[list[str], list[str]]:
-    """(image files, other files) under `paths`, in a stable order and without repeats."""
+    """(files to send, other files skipped) under `paths`, in a stable order and without
+    repeats: a folder's image files, and every file named by itself."""
     images, others = [], []
     for raw in paths:
         if os.path.isdir(raw):
@@ -103,8 +104,9 @@ def walk(paths: list[str]) -> tuple[list[str], list[str]]:
                     path = os.path.normpath(os.path.join(root, name))
                     (images if is_image(path) else others).append(path)
         elif os.path.isfile(raw):
-            path = os.path.normpath(raw)
-            (images if is_image(path) else others).append(path)
+            # Named on its own, a file is sent whatever its name: if it is not an image, the
+            # service says so and it is recorded as failed, not skipped.
+            images.append(os.path.normpath(raw))
         else:
             raise UsageError(f"no such file or directory: {raw}")
     return list(dict.fromkeys(images)), list(dict.fromkeys(others))
@@ -454,9 +456,12 @@ def add_min_confidence(p: argparse.ArgumentParser) -> None:
 def add_client_options(p: argparse.ArgumentParser) -> None:
     url = os.environ.get("TIN_URL", DEFAULT_URL)
     p.add_argument("--url", default=url, help=f"the service (default $TIN_URL or {DEFAULT_URL})")
-    p.add_argument("--batch-size", type=positive, default=DEFAULT_BATCH_SIZE, metavar="N")
-    p.add_argument("--concurrency", type=positive, default=DEFAULT_CONCURRENCY, metavar="N")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S")
+    p.add_argument("--batch-size", type=positive, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"images per request (default {DEFAULT_BATCH_SIZE})")  # fmt: skip
+    p.add_argument("--concurrency", type=positive, default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"requests in flight (default {DEFAULT_CONCURRENCY})")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT:g})")  # fmt: skip
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N", help="per request")
     p.add_argument(
         "--api-key",
@@ -486,7 +491,8 @@ def parser() -> argparse.ArgumentParser:
         description="Classify image files (folders are walked); resumable with --out.",
     )
     pr.add_argument("paths", nargs="+", metavar="PATH")
-    pr.add_argument("--top-k", type=top_k, default=DEFAULT_TOP_K, metavar="K")
+    k_help = f"classes per image, likeliest first (default {DEFAULT_TOP_K})"
+    pr.add_argument("--top-k", type=top_k, default=DEFAULT_TOP_K, metavar="K", help=k_help)
     add_min_confidence(pr)
     pr.add_argument(
         "--out",

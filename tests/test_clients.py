@@ -665,3 +665,13 @@ def test_a_missing_or_wrong_key_is_a_usage_error_that_names_the_fix(tmp_path, ca
     assert "error: the service refused the API key, or needs one: pass --api-key KEY or set " \
         "TIN_API_KEY" in err  # fmt: skip
     assert "Authorization" not in err
+
+
+def test_a_non_image_named_by_itself_is_sent_and_recorded_as_failed(service, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    out = tmp_path / "r.jsonl"
+    assert main(["predict", str(notes), "--url", URL, "--out", str(out)], transport=service) == 1
+    (record,) = read_jsonl(out)
+    assert record["error"]["code"] == "not_an_image"
+    assert "0 classified, 1 failed" in capsys.readouterr().err
