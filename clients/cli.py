@@ -525,7 +525,8 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--top-k", type=top_k, default=DEFAULT_EXPLAIN_TOP_K, metavar="K", help="the K most likely"
     )
-    which.add_argument("--class", dest="cls", metavar="WNID", help="this class instead")
+    which.add_argument("--class", dest="cls", metavar="CLASS",
+                       help="this class instead: a wnid, or its label (tabby)")  # fmt: skip
     add_min_confidence(ex)
     add_client_options(ex)
     return p

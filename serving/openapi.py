@@ -52,7 +52,7 @@ EXPLAIN_QUERY = [
         "name": "class",
         "in": "query",
         "required": False,
-        "description": "explain this class (a wnid of GET /labels) instead of the top_k",
+        "description": "explain this class (a wnid or a label of GET /labels) instead of the top_k",
         "schema": {"type": "string", "minLength": 1},
     },
     MIN_CONFIDENCE_QUERY,

@@ -11,6 +11,7 @@ micro-batcher (inference/batcher.py).
 from __future__ import annotations
 
 import base64
+import difflib
 import functools
 import hashlib
 import logging
@@ -229,14 +230,23 @@ def explain_ask(form: FormData | dict, request: Request, card) -> Ask:
 
 
 def class_ask(wnid: str, card) -> Ask:
-    """Ask for the one class `wnid`; an unknown one is refused with how to get the valid ones."""
-    if wnid not in card.wnids:
-        message = (
-            f"unknown class {wnid[:40]!r}: give one of the model's {len(card.wnids)} wnids "
-            "(GET /labels lists them)"
-        )
-        raise ApiError(400, "unknown_class", message)
-    return Ask(wnid=wnid)
+    """Ask for the one class `wnid`, or the class whose label it is (`tabby`, any case, when one
+    label is); anything else is refused with the nearest labels and how to get the valid ones."""
+    if wnid in card.wnids:
+        return Ask(wnid=wnid)
+    named = [w for w, n in zip(card.wnids, card.names, strict=True) if n.lower() == wnid.lower()]
+    if len(named) == 1:
+        return Ask(wnid=named[0])
+    if named:
+        message = f"{len(named)} classes are labelled {wnid[:40]!r}: give one wnid of {named}"
+        raise ApiError(400, "ambiguous_class", message)
+    near = difflib.get_close_matches(wnid.lower(), [n.lower() for n in card.names], n=3)
+    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    message = (
+        f"unknown class {wnid[:40]!r}: give a wnid or a label of the model's {len(card.wnids)} "
+        f"classes (GET /labels lists them){hint}"
+    )
+    raise ApiError(400, "unknown_class", message)
 
 
 def check_count(n: int, limit: int) -> None:

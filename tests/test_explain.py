@@ -277,6 +277,20 @@ def test_explain_refuses_bad_parameters_with_a_json_400(client, params, status, 
         assert "GET /labels" in r.json()["error"]["message"]
 
 
+def test_class_takes_a_label_too_and_an_unknown_one_gets_the_nearest(client):
+    card = fixture_card(CLASSES)
+    wnid, label = card.wnids[1], card.names[1]
+    data = fixture_images(1)[0]
+    for given in (label, label.upper()):
+        r = explain(client, data, **{"class": given})
+        assert r.status_code == 200, r.text
+        assert [p["wnid"] for p in r.json()["predictions"]] == [wnid]
+    r = explain(client, data, **{"class": label[:-1]})  # one letter off
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "unknown_class"
+    assert f"did you mean {label.lower()!r}" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("name", list(BAD_FILES))
 def test_explain_refuses_bad_files_with_400(client, name):
     data, code = BAD_FILES[name]
