@@ -11,13 +11,14 @@ in this process by inference/batcher.py: no hop to a second model process and no
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import bentoml
 import numpy as np
 
 from inference.answers import Ask
-from inference.backend import open_backend
+from inference.backend import ModelFileError, open_backend, read_card
 from inference.batcher import Batcher, engine_thread
 from serving import auth, bentoml_patches, config, openapi
 from serving.native import NativeErrors, api_errors
@@ -44,7 +45,23 @@ from serving.schemas import (
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
 bentoml_patches.install()  # BentoML's request timeout, with its timer cancelled
 
-MODEL_TAG = config.settings().model_tag  # TIN_MODEL as name:version, when it is a stored model
+
+
+def checked_settings() -> config.Settings:
+    """The settings, with the model file's card read: a bad TIN_MODEL (a missing tag, a file
+    that is not one of our exports) or a bad setting ends `bentoml serve` here with one line,
+    before BentoML starts a worker whose traceback would bury the message."""
+    try:
+        settings = config.settings()
+        config.batch_max_size(), config.batch_max_latency_ms(), config.max_overlays()
+        read_card(settings.model_path)
+    except (config.ConfigError, ModelFileError) as e:  # StoreError is a ConfigError
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(2) from None
+    return settings
+
+
+MODEL_TAG = checked_settings().model_tag  # TIN_MODEL as name:version, when it is a stored model
 
 # Requests per engine call; bench/http.py reads it as "merged".
 ENGINE_BATCH = bentoml.metrics.Histogram(

@@ -562,6 +562,35 @@ def test_model_file_problems_say_what_to_do(tmp_path):
         read_card(tmp_path / "foreign.onnx")
 
 
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"TIN_MODEL": "nosuch:v1"}, "neither a file nor a model in BentoML's model store"),
+        ({"TIN_MODEL": "README.md"}, "is not a readable ONNX model"),
+        ({"TIN_MAX_BATCH_IMAGES": "lots"}, "TIN_MAX_BATCH_IMAGES='lots' is not a number"),
+    ],
+)
+def test_bentoml_serve_with_a_bad_setting_says_so_in_one_line(env, says, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bentoml = Path(sys.executable).parent / "bentoml"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIN_", "BENTOML_"))}
+    done = subprocess.run(
+        [str(bentoml), "serve", "--port", "1"],
+        cwd=REPO,
+        env={**clean, "BENTOML_HOME": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: "), done.stderr[-2000:]
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_settings_from_environment(monkeypatch, tmp_path):
     for k in ("TIN_MODEL", *LIMITS):
         monkeypatch.delenv(k, raising=False)
