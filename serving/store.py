@@ -8,9 +8,10 @@ model (versioned, listed, pulled and pushed on its own) instead of a 43 MB sourc
 A stored model is a folder: model.onnx (the served file) and the files saved with it: its INT8
 forms, renamed to sit beside it as the backend looks for them (NAME.int8.onnx → model.int8.onnx,
 NAME.int8.xml/.bin → model.int8.xml/.bin), and others (the model card README.md) by their names. Its
-labels and metadata come from the ModelCard in model.onnx's metadata; its version names the
-preset, precision and val top-1 (`bentoml models list` shows only tag, module, size and date) and
-ends with the file's hash, so saving the same file twice gives the same version.
+labels and metadata come from the ModelCard in model.onnx's metadata; its version is the preset and
+the file's hash (tiny-imagenet-resnet:final-3f2a9c1d, whole in `bentoml models list`), so saving
+the same file twice gives the same version; precision and val top-1 are labels
+(`bentoml models get TAG`).
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def _sha256(path: Path) -> str:
 
 
 def version_for(card: ModelCard, sha256: str) -> str:
-    """e.g. resnet34-fp32-top1-64.64-3f2a9c1d: readable in `bentoml models list`."""
+    """e.g. final-3f2a9c1d: the preset and the file's hash, short enough that `bentoml models
+    list` shows the whole tag (it cut tiny-imagenet-resnet:final-fp32-top1-64.64-... to
+    "fina…"); precision and val top-1 are in the labels."""
     preset = re.sub(r"[^a-z0-9._-]+", "-", (card.preset or "model").lower()).strip("-._")
-    top1 = f"top1-{card.val_top1 * 100:.2f}" if card.val_top1 is not None else "top1-na"
-    return f"{preset or 'model'}-{card.precision}-{top1}-{sha256[:8]}"[-63:].lstrip("-._")
+    return f"{(preset or 'model')[:20]}-{sha256[:8]}".lstrip("-._")
 
 
 def labels_and_metadata(card: ModelCard, sha256: str, files: list[str]) -> tuple[dict, dict]:

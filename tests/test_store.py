@@ -51,7 +51,7 @@ def test_what_counts_as_a_tag(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert is_store_tag("tiny-imagenet-resnet")
     assert is_store_tag("tiny-imagenet-resnet:latest")
-    assert is_store_tag("tiny-imagenet-resnet:final-fp32-top1-64.64-9d4d00d0")
+    assert is_store_tag("tiny-imagenet-resnet:final-9d4d00d0")
     for path in ("models/model.onnx", "model.onnx", "./x", "/abs/path", "", "Upper:Case"):
         assert not is_store_tag(path), path
     (tmp_path / "plainfile").write_text("")
@@ -60,8 +60,10 @@ def test_what_counts_as_a_tag(tmp_path, monkeypatch):
 
 def test_version_and_labels_come_from_the_card():
     card = fixture_card(4, preset="ResNet 34/e", val_top1=0.6464, precision="int8")
-    assert version_for(card, "ab" * 32) == "resnet-34-e-int8-top1-64.64-abababab"
-    assert version_for(fixture_card(4, val_top1=None), "cd" * 32).endswith("top1-na-cdcdcdcd")
+    assert version_for(card, "ab" * 32) == "resnet-34-e-abababab"
+    final = version_for(fixture_card(4, preset="final"), "ab" * 32)
+    assert f"tiny-imagenet-resnet:{final}" == "tiny-imagenet-resnet:final-abababab"  # shown whole
+    assert version_for(fixture_card(4, preset=None), "cd" * 32) == "model-cdcdcdcd"
     labels, metadata = labels_and_metadata(card, "ab" * 32, ["model.onnx"])
     assert labels["val_top1"] == "0.6464"
     assert labels["classes"] == "4"
@@ -76,7 +78,7 @@ def test_save_with_extras_is_listed_and_idempotent(tmp_path):
     (tmp_path / "README.md").write_text("# card\n")
     int8 = write_model(tmp_path / "model.int8.onnx", card=fixture_card(4, precision="int8"))
     tag = save(home, model, int8, tmp_path / "README.md")
-    assert tag == "tiny-imagenet-resnet:fixture-fp32-top1-50.00-" + tag[-8:]
+    assert tag == "tiny-imagenet-resnet:fixture-" + tag[-8:]
     assert save(home, model) == tag  # the same file: the same version, nothing new
     listed = json.loads(run([str(BIN / "bentoml"), "models", "list", "-o", "json"], home))
     assert [m["tag"] for m in listed] == [tag]
