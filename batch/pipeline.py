@@ -13,6 +13,7 @@ CPUs; with one, on that cluster, the project's packages shipped to it as py_modu
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -140,6 +141,11 @@ def connect(address: str | None) -> None:
         packages = [str(root / p) for p in PROJECT_PACKAGES if (root / p / "__init__.py").is_file()]
         ray.init(address=address, runtime_env={"py_modules": packages}, log_to_driver=False)
     else:
+        # An embedded Ray on this machine alone: its token authentication is on (this process
+        # made the token) and its warning that it is, printed on every run, is noise here.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
