@@ -394,10 +394,14 @@ def test_uploads_show_the_api_answer_and_its_maps(make_ui, server, shots):
     assert "strongest at the" in page.get_attribute("#overlay", "aria-label")
     assert len(ui.posts()) == len(files)
 
-    page.click("#show-cam")  # the toggle
+    page.click("#show-cam")  # the toggle: the map, its caption and its legend together
     assert page.is_hidden("#overlay")
+    assert page.is_hidden("#cam-caption")
+    assert page.is_hidden("#legend-box")
     page.click("#show-cam")
     assert page.is_visible("#overlay")
+    assert page.is_visible("#cam-caption")
+    assert page.is_visible("#legend-box")
     assert ui.overlay()["hash"] == second["hash"]
     page.click("#preds button >> nth=0")
     assert ui.overlay()["hash"] == top["hash"]
@@ -438,7 +442,8 @@ def test_a_text_file_shows_the_service_message(make_ui, server):
     ui.allowed_statuses = {400}
     ui.wait_card()
     ui.upload("notes.txt", data, "text/plain")
-    assert ui.wait_error() == sentence(r.json()["error"]["message"])
+    expected = f"Could not classify “notes.txt”: {sentence(r.json()['error']['message'])}"
+    assert ui.wait_error() == expected  # which file, and what the service said of it
     assert ui.page.is_hidden("#result")
     assert ui.page.inner_text("#status") == ""
 
@@ -472,7 +477,8 @@ def test_the_service_413_message_is_shown(make_ui, server):
     ui.page.route("**/model", larger_limit)
     ui.open().wait_card()
     ui.upload("big.png", noise_png(144), "image/png")
-    assert ui.wait_error() == f"The request body is over the limit of {LIMIT:,} bytes."
+    said = f"Could not classify “big.png”: The request body is over the limit of {LIMIT:,} bytes."
+    assert ui.wait_error() == said
     assert ui.posts() == ["/explain?top_k=5&format=json"]
 
 
@@ -501,7 +507,8 @@ def test_api_key(make_ui, key_server):
     page = ui.page
     page.wait_for_selector("#auth", state="visible")
     assert page.evaluate("document.activeElement.id") == "key"
-    assert "needs an API key" in ui.wait_error()
+    assert ui.wait_error() == "This service needs an API key: enter it below."
+    assert page.inner_text("#card") == "Enter the API key to see the model's details."
 
     page.fill("#key", "wrong-key")
     page.keyboard.press("Enter")
@@ -580,6 +587,7 @@ def test_phone_width(make_ui, server, shots):
         has_touch=True,
     ).open()
     ui.wait_card()
+    assert ui.page.inner_text("#drop-hint") == "Take a photo or choose one:"  # no drop, no paste
     ui.upload("phone.jpg", data, "image/jpeg")
     ui.expect_result(answer)
     page = ui.page
