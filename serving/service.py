@@ -61,6 +61,15 @@ def checked_settings() -> config.Settings:
     return settings
 
 
+def model_name(settings: config.Settings, card) -> str:
+    """What answers and logs call the model: its tag in the model store, else its file's name,
+    but for the default file name (model.onnx, which says nothing) the preset and the
+    checkpoint it came from, as the store's versions are named: final-fcb76c51."""
+    if settings.model_tag or settings.model_path.stem != "model":
+        return settings.model_name
+    return f"{card.preset or 'model'}-{(card.checkpoint_sha256 or 'unknown')[:8]}"
+
+
 MODEL_TAG = checked_settings().model_tag  # TIN_MODEL as name:version, when it is a stored model
 
 # Requests per engine call; bench/http.py reads it as "merged".
@@ -86,13 +95,13 @@ class Classifier:
 
     def __init__(self):
         self.settings = s = config.settings()
-        self.name = s.model_name
         max_batch = config.batch_max_size()
         self.backend = open_backend(
             s.model_path, s.backend, s.precision, max_batch=max_batch, threads=s.threads
         )
         self.backend.warm_up()  # runs before the server listens, so /readyz implies warm
         self.card = self.backend.card  # labels, accuracy, map size: every route needs it
+        self.name = model_name(s, self.card)
         self.api_keys_on = bool(auth.api_keys())
         engine, wait = engine_thread(), config.batch_max_latency_ms() / 1000
 

@@ -591,6 +591,20 @@ def test_bentoml_serve_with_a_bad_setting_says_so_in_one_line(env, says, tmp_pat
     assert "Traceback" not in done.stderr
 
 
+def test_the_model_is_named_by_what_it_is(tmp_path):
+    from dataclasses import replace
+
+    from serving.service import model_name
+
+    card = fixture_card(CLASSES)
+    settings = config.Settings(tmp_path / "model.onnx", 1, 1, 1)
+    sha = card.checkpoint_sha256[:8]
+    assert model_name(settings, card) == f"{card.preset}-{sha}"  # not "model"
+    assert model_name(replace(settings, model_path=tmp_path / "tiny.onnx"), card) == "tiny"
+    tagged = replace(settings, model_tag="tiny-imagenet-resnet:final-3f2a9c1d")
+    assert model_name(tagged, card) == "tiny-imagenet-resnet:final-3f2a9c1d"
+
+
 def test_settings_from_environment(monkeypatch, tmp_path):
     for k in ("TIN_MODEL", *LIMITS):
         monkeypatch.delenv(k, raising=False)
