@@ -5,7 +5,8 @@
     python -m clients explain photos/ --out maps/                   # one overlay PNG per class
 
 explain writes, for each image, one PNG per explained class (the class-activation map drawn over
-the image, as the service's format=png draws it) named IMAGE.RANK-WNID.png, and a record per
+the image, as the service's format=png draws it, enlarged to 256 px for smaller images) named
+IMAGE.RANK-LABEL.png, and a record per
 input to DIR/explanations.jsonl; inputs already recorded there are skipped, as in predict.
 
 predict walks directories (sorted), skips files that are not images by their extension, and
@@ -26,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -289,10 +291,17 @@ def predict(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
     return EXIT_FAILED if failures or failed_before else 0
 
 
-def overlay_name(name: str, rank: int, wnid: str) -> str:
-    """photos/a/cat.jpg, rank 1 → photos__a__cat.1-n02123045.png: unique per input path."""
+def overlay_name(name: str, rank: int, label: str) -> str:
+    """photos/a/cat.jpg, rank 1, "Egyptian cat" → photos__a__cat.1-egyptian-cat.png: unique per
+    input path and rank, and says what the map is of."""
     stem = os.path.splitext(os.path.normpath(name).lstrip(os.sep))[0]
-    return f"{stem.replace(os.sep, '__')}.{rank}-{wnid}.png"
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:40] or "class"
+    return f"{stem.replace(os.sep, '__')}.{rank}-{slug}.png"
+
+
+# An overlay of a smaller image is drawn on it enlarged to this long side: Tiny ImageNet's own
+# 64×64 images would give maps too small to see.
+OVERLAY_MIN_SIDE = 256
 
 
 def explain(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
@@ -317,8 +326,8 @@ def explain(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> 
             for result in results:
                 if result.ok:
                     for c in result.predictions:
-                        name = overlay_name(result.input, c.rank, c.wnid)
-                        result.overlay(c.rank).save(folder / name)
+                        name = overlay_name(result.input, c.rank, c.label)
+                        result.overlay(c.rank, min_side=OVERLAY_MIN_SIDE).save(folder / name)
                         written += 1
                 else:
                     failures.append(result)
@@ -516,7 +525,8 @@ def parser() -> argparse.ArgumentParser:
         "explain",
         help="where the model looked: one overlay PNG per image and class",
         description="Class-activation maps of image files (folders are walked), drawn over each "
-        "image into DIR as IMAGE.RANK-WNID.png, with a record per input in "
+        "image (enlarged to 256 px where smaller) into DIR as IMAGE.RANK-LABEL.png, with a "
+        "record per input in "
         "DIR/explanations.jsonl; resumable. Needs numpy and Pillow.",
     )
     ex.add_argument("paths", nargs="+", metavar="PATH")

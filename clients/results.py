@@ -81,10 +81,11 @@ class Explanation(Result):
     image_size: tuple[int, int] | None = None
     source: Any = field(default=None, repr=False, compare=False)
 
-    def overlay(self, which: int | str = 1, image: Any = None):
+    def overlay(self, which: int | str = 1, image: Any = None, min_side: int = 0):
         """A PIL image: the map of the class of rank `which` (or wnid `which`) drawn over the
-        image (`image`, else the input) at its own size, as the service's format=png draws it.
-        Needs numpy and Pillow; EXIF orientation is applied, as the service applies it."""
+        image (`image`, else the input) at its own size, as the service's format=png draws it,
+        or enlarged by a whole factor to at least `min_side` pixels on its long side. Needs
+        numpy and Pillow; EXIF orientation is applied, as the service applies it."""
         from inference.overlay import overlay
         from inference.preprocess import open_rgb
 
@@ -98,7 +99,13 @@ class Explanation(Result):
             raise ValueError("no image to draw on: pass image=")
         from clients.inputs import image_bytes
 
-        return overlay(open_rgb(image_bytes(source), max_pixels=10**9), found[0].map)
+        rgb = open_rgb(image_bytes(source), max_pixels=10**9)
+        if max(rgb.size) < min_side:
+            k = -(-min_side // max(rgb.size))  # a whole factor: pixels stay square blocks
+            from PIL import Image
+
+            rgb = rgb.resize((rgb.width * k, rgb.height * k), Image.Resampling.BICUBIC)
+        return overlay(rgb, found[0].map)
 
     def to_dict(self) -> dict[str, Any]:
         record = super().to_dict()

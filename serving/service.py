@@ -46,7 +46,6 @@ log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
 bentoml_patches.install()  # BentoML's request timeout, with its timer cancelled
 
 
-
 def checked_settings() -> config.Settings:
     """The settings, with the model file's card read: a bad TIN_MODEL (a missing tag, a file
     that is not one of our exports) or a bad setting ends `bentoml serve` here with one line,

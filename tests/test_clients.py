@@ -607,7 +607,13 @@ def test_cli_explain_writes_one_overlay_per_image_and_class_and_resumes(service,
     assert main(argv, transport=service) == 1  # c.jpg failed
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) == 4
-    assert all(".1-n" in n or ".2-n" in n for n in pngs)
+    from tests.serving_fixtures import fixture_card
+
+    labels = {c.lower().replace(" ", "-") for c in fixture_card(CLASSES).names}
+    assert all(n.split(".")[-2].split("-", 1)[1] in labels for n in pngs), pngs  # a.1-goldfish
+    from PIL import Image
+
+    assert {Image.open(out / n).size for n in pngs} == {(256, 256)}  # 64×64 inputs, enlarged
     records = read_jsonl(out / "explanations.jsonl")
     assert [("error" in r) for r in records] == [False, False, True]
     assert "failed (1)" in capsys.readouterr().err
