@@ -14,6 +14,7 @@ points at the data, else fixture JPEGs. The fresh install takes 1-2 minutes (pip
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -144,3 +145,53 @@ def test_what_the_quickstart_writes_is_ignored_by_git():
     done = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=REPO,
                           capture_output=True, text=True)  # fmt: skip
     assert done.stdout.split() == written
+
+
+def test_the_reproduce_commands_run_as_written_on_the_fixture_zip(tmp_path, tiny_zip):
+    """The training, slimming, export and evaluation commands of "Reproduce the shipped model",
+    in order, in a fresh copy. The liberties: the fixture zip for the data, the `smoke` preset
+    for `final` (seconds on a CPU instead of minutes on a GPU), and no `--int8` (the INT8 bar is
+    for a trained model: on a 2-epoch one a single flipped image misses it; tests/test_export.py
+    checks the INT8 forms on their own)."""
+    import sys
+
+    code = next(c for _, c in blocks(README.read_text(), "Reproduce the shipped model")
+                if "training.train" in c)  # fmt: skip
+    script = code.replace("\\\n", " ").replace("--preset final", "--preset smoke")
+    script = script.replace("tiny-imagenet-200.zip", str(tiny_zip)).replace(" --int8", "")
+    lines = [line.split("  #")[0].strip() for line in script.splitlines()]
+    clone = fresh_copy(tmp_path / "clone")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIN_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python`: this venv
+    env["TINY_IMAGENET_CACHE"] = str(tmp_path / "cache")
+    for line in filter(None, lines):
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=clone, env=env,
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+    from inference.backend import read_card
+
+    assert read_card(clone / "models" / "model.onnx").preset == "smoke"
+    assert (clone / "models" / "model.pt").is_file()
+    assert json.loads(done.stdout.splitlines()[0])["images"] == 16  # the evaluation, on val
+
+
+def test_the_batch_command_on_the_val_images_runs_as_written(tmp_path, tiny_root):
+    """`python -m batch tiny-imagenet-200/val/images --out preds/` of "Beyond one machine", on
+    the fixture's val images (the only liberty), and the README's pandas check of its output."""
+    import sys
+
+    text = README.read_text()
+    command = re.search(r"`(python -m batch tiny-imagenet-200/val/images --out preds/)`", text)[1]
+    snippet = next(c for lang, c in blocks(text, "Beyond one machine") if lang == "python")
+    clone = fresh_copy(tmp_path / "clone")
+    (clone / "tiny-imagenet-200").symlink_to(tiny_root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIN_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1])["written"] == 16
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("%")  # the top-1 of the rows against the labels
