@@ -9,6 +9,7 @@ failure of the work itself (a traceback, exit 1).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 
@@ -23,6 +24,24 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message}\n")
+
+
+def require_extra(package: str, extra: str, modules: tuple[str, ...]) -> None:
+    """Called by a package's __init__: if a module its extra installs is missing, say which extra
+    to install. Under `python -m` (sys.argv[0] is still "-m" while the package imports) that is
+    one `error:` line and exit status 2, as for any usage error, not a traceback; imported from
+    code, a ModuleNotFoundError with the same words."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    message = (
+        f"{package} needs the `{extra}` extra ({missing[0]} is not installed): "
+        f".venv/bin/pip install -e '.[{extra}]'"
+    )
+    if sys.argv[:1] == ["-m"]:
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+    raise ModuleNotFoundError(message, name=missing[0])
 
 
 def fail(error: BaseException | str) -> int:

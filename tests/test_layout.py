@@ -234,3 +234,20 @@ def test_the_cli_list_covers_every_main():
         cli_name(p) for p in tracked_python() if re.search(r"^def main\(", p.read_text(), re.M)
     }
     assert mains <= set(CLIS)
+
+
+def test_a_missing_extra_is_named_with_its_install_line(monkeypatch, capsys):
+    from common.cli import require_extra
+
+    require_extra("training", "train", ("json",))  # present: nothing happens
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[batch\]'"):
+        require_extra("batch", "batch", ("json", "no_such_module_for_this_test"))
+    monkeypatch.setattr(sys, "argv", ["-m"])  # what `python -m batch` sees while batch imports
+    with pytest.raises(SystemExit) as stopped:
+        require_extra("batch", "batch", ("no_such_module_for_this_test",))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: batch needs the `batch` extra (no_such_module_for_this_test is not installed): "
+        ".venv/bin/pip install -e '.[batch]'\n"
+    )
