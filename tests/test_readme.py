@@ -120,6 +120,14 @@ def test_the_quickstart_runs_as_written_on_a_fresh_copy(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Prediction(rank=1" in done.stdout
         assert (clone / "cat-overlay.png").is_file()
+        # The other commands in this venv (serve and client extras only): the extra to install.
+        for module, extra in (("batch", "batch"), ("training.train", "train"),
+                              ("export", "train,export")):  # fmt: skip
+            done = subprocess.run([str(venv_python), "-m", module, "--help"], cwd=clone,
+                                  env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert done.returncode == 2, done.stderr[-2000:]
+            assert f"pip install -e '.[{extra}]'" in done.stderr
+            assert "Traceback" not in done.stderr
     finally:
         stop(server)
 
