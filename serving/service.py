@@ -221,6 +221,7 @@ bentoml_patches.bound_metric_paths(
     | {"/", "/livez", "/readyz", "/healthz", "/docs.json", "/schema.json"}
 )
 Classifier.add_asgi_middleware(bentoml_patches.ServerErrors)
+Classifier.add_asgi_middleware(bentoml_patches.RootToPage)  # before the key check: /ui is open
 Classifier.add_asgi_middleware(auth.ApiKeyMiddleware, keys=auth.api_keys())
 Classifier.add_asgi_middleware(
     NativeErrors,

@@ -361,6 +361,15 @@ def test_model_describes_card_backend_and_limits(client):
     assert m["limits"]["max_batch_images"] == 8
 
 
+def test_the_front_page_is_the_demo_page(client):
+    r = client.get("/", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (307, "/ui")
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Tiny ImageNet classifier" in page.text
+    assert "googletagmanager" not in page.text.lower()
+
+
 def test_a_path_no_route_takes_is_a_json_404(client):
     for method in ("GET", "POST"):
         r = client.request(method, "/clasify")
