@@ -43,7 +43,8 @@ client's side (the client must not import the server): clients/bentoml_upload.py
    that had connected just before (still in the kernel's accept queue, on a busy machine) got a
    connection reset, never an answer (6 of 400 under the test suite's load). `install()` makes
    uvicorn go on accepting and answering for TIN_DRAIN_S (0.5) seconds after the signal, then
-   stop as before: finish what is in flight, close.
+   stop as before: finish what is in flight, close. Meanwhile RootToPage answers /readyz with
+   503, so a load balancer stops sending before the socket closes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import contextvars
 import copy
 import logging
 import os
+import threading
 
 from bentoml._internal.server.http import instruments, traffic
 from starlette.responses import JSONResponse, RedirectResponse
@@ -152,6 +154,7 @@ def drain_before_stop(seconds: float) -> None:
     server._tin_shutdown = original
 
     async def shutdown(self, sockets=None):
+        STOPPING.set()  # /readyz: 503 from now on
         await asyncio.sleep(seconds)  # still listening: the accept queue empties, and is answered
         await original(self, sockets)
 
@@ -250,16 +253,25 @@ class ServerErrors:
             )
 
 
+STOPPING = threading.Event()  # set when the server has been told to stop (patch 7)
+
+
 class RootToPage:
-    """`GET /` (or HEAD) → 307 to /ui (patch 6 above); everything else passes."""
+    """`GET /` (or HEAD) → 307 to /ui (patch 6 above), and /readyz a 503 once the server is
+    stopping (patch 7); everything else passes."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
             root = scope.get("root_path", "")
             return await RedirectResponse(f"{root}/ui", status_code=307)(scope, receive, send)
+        if scope["path"] == "/readyz" and STOPPING.is_set():
+            body = error_body("stopping", "the service is stopping; send requests elsewhere")
+            return await JSONResponse(body, status_code=503)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 

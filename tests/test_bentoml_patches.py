@@ -209,3 +209,23 @@ def test_two_servers_on_one_machine_keep_their_own_metrics(tmp_path, monkeypatch
         if line.startswith("bentoml_service_request_total") and 'endpoint="/labels"' in line
     )
     assert next(counted).endswith(" 5.0")  # the first server's own count, not wiped
+
+
+def test_readyz_is_a_503_once_the_server_is_stopping():
+    from starlette.responses import JSONResponse
+    from starlette.testclient import TestClient
+
+    from serving import bentoml_patches
+
+    async def app(scope, receive, send):
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    client = TestClient(bentoml_patches.RootToPage(app))
+    assert client.get("/readyz").status_code == 200
+    bentoml_patches.STOPPING.set()
+    try:
+        r = client.get("/readyz")
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "stopping")
+        assert client.get("/labels").status_code == 200  # the rest is still answered
+    finally:
+        bentoml_patches.STOPPING.clear()
