@@ -16,6 +16,9 @@ TIN_MAX_BATCH_IMAGES      most images in one batch request (64)
 TIN_MAX_PIXELS            largest image accepted, in pixels: the decompression-bomb guard (40 M)
 TIN_MIN_CONFIDENCE        a probability: answers whose top-1 is below it say "confident": false (a
                           request's own min_confidence wins); off by default
+TIN_HEADER_TIMEOUT_S      seconds a connection may take to send its request headers (10)
+TIN_BODY_TIMEOUT_S        seconds a request body may pause before a 408 (10)
+TIN_DRAIN_S               seconds the server goes on answering after SIGTERM, /readyz 503 (0.5)
 TIN_MAX_OVERLAYS          PNG overlays (/explain?format=png) drawn at once; more get 503 (2)
 TIN_BATCH_MAX_SIZE        micro-batching: most images in one engine call (32)
 TIN_BATCH_MAX_LATENCY_MS  micro-batching: a request expected to wait longer in the queue is

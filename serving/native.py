@@ -26,6 +26,7 @@ what this module changes:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 
@@ -35,7 +36,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serving.routes import REFUSALS, error_body, refusal
+from serving.routes import BODY_IDLE_S, REFUSALS, error_body, refusal
 
 NATIVE_PREFIX = "/api/"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -125,7 +126,11 @@ class NativeErrors:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.limit:
             return await self._refuse(scope, send, 413, "upload_too_large", self._too_large())
-        body = await self._read(receive)
+        try:
+            body = await self._read(receive)
+        except TimeoutError:
+            message = f"the request body stopped coming for {BODY_IDLE_S:g} s"
+            return await self._refuse(scope, send, 408, "body_timeout", message)
         if body is None:
             return await self._refuse(scope, send, 413, "upload_too_large", self._too_large())
         refusal = await self._check_form(scope, body, self.routes[scope["path"]])
@@ -140,7 +145,7 @@ class NativeErrors:
         """The whole body, or None past the limit (chunked uploads have no Content-Length)."""
         chunks, size = [], 0
         while True:
-            message = await receive()
+            message = await asyncio.wait_for(receive(), BODY_IDLE_S)  # as the mounted routes
             if message["type"] == "http.disconnect":
                 break
             chunks.append(message.get("body", b""))

@@ -10,11 +10,13 @@ micro-batcher (inference/batcher.py).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import difflib
 import functools
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
@@ -121,9 +123,15 @@ def service(request: Request):
 # --- request parsing ---------------------------------------------------------------------------
 
 
+# Seconds a request body may pause between two chunks: a client sending its upload a byte at a
+# time held its connection (and a slot of the server) until BentoML's 120 s timeout.
+BODY_IDLE_S = float(os.environ.get("TIN_BODY_TIMEOUT_S", "") or 10)
+
+
 def size_limited(request: Request, limit: int) -> Request:
-    """The same request, refused with 413 as soon as its body passes `limit` bytes: from the
-    Content-Length header when there is one, while streaming when there is not."""
+    """The same request, refused with 413 as soon as its body passes `limit` bytes (from the
+    Content-Length header when there is one, while streaming when there is not), and with 408
+    when the body stops coming for BODY_IDLE_S seconds."""
     too_large = ApiError(
         413, "upload_too_large", f"the request body is over the limit of {limit:,} bytes"
     )
@@ -137,7 +145,11 @@ def size_limited(request: Request, limit: int) -> Request:
 
     async def receive():
         nonlocal received
-        message = await request.receive()
+        try:
+            message = await asyncio.wait_for(request.receive(), BODY_IDLE_S)
+        except TimeoutError:
+            message = f"the request body stopped coming for {BODY_IDLE_S:g} s"
+            raise ApiError(408, "body_timeout", message) from None
         received += len(message.get("body", b""))
         if received > limit:
             raise too_large

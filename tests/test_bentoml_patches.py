@@ -143,10 +143,24 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(live_server):
     silent = socket.create_connection((where.hostname, where.port), timeout=30)
     half = socket.create_connection((where.hostname, where.port), timeout=30)
     half.sendall(b"GET /readyz HT")
+    # And a body that stops coming, on each surface: a 408 after TIN_BODY_TIMEOUT_S (10 s).
+    slow = []
+    for path in ("/classify", "/api/classify"):
+        conn = socket.create_connection((where.hostname, where.port), timeout=30)
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+        conn.sendall((head + "Content-Type: multipart/form-data; boundary=b\r\n\r\n--b").encode())
+        slow.append(conn)
     start = time.monotonic()
     assert httpx.get(f"{live_server.url}/readyz", timeout=10).status_code == 200
     for conn in (silent, half):
         assert conn.recv(1024) == b""  # closed by the server, not by our 30 s timeout
+        conn.close()
+    for conn in slow:
+        answer = ""
+        while '"body_timeout"' not in answer and (chunk := conn.recv(4096)):
+            answer += chunk.decode()
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert '"body_timeout"' in answer
         conn.close()
     assert time.monotonic() - start < 20
 
