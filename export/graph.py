@@ -364,16 +364,24 @@ def head_bias(model: onnx.ModelProto) -> np.ndarray:
     logits in a model with a cam output, or from the linear layer of one without."""
     g = model.graph
     if CAM in [o.name for o in g.output]:
-        node = _producers(g)[LOGITS]
-        if node.op_type != "Add":  # a head without a bias
+        name = _cam_bias(g)
+        if name is None:  # a head without a bias
             return np.zeros(_shapes(model)[CAM][1])
-        name = next(i for i in node.input if _value(g, i) is not None)
     else:
         head = find_head(model)
         if head.bias is None:
             return np.zeros(head.classes)
         name = head.bias
     return _value(g, name).reshape(-1)
+
+
+def _cam_bias(g) -> str | None:
+    """The bias input of the Add that makes the logits of a model with a cam output (add_cam
+    writes logits = ReduceMean(cam) + b), or None for a head without a bias."""
+    node = _producers(g)[LOGITS]
+    if node.op_type != "Add":
+        return None
+    return next(i for i in node.input if _value(g, i) is not None)
 
 
 # --- calibration ---------------------------------------------------------------------------------
@@ -410,23 +418,16 @@ def _head_tensors(g) -> tuple[onnx.TensorProto, onnx.TensorProto | None]:
     head = next((n for n in _ancestors(g, CAM) if n.op_type in ("Conv", "Einsum")), None)
     if head is None:
         raise GraphError(f"no Conv or Einsum computes {CAM!r}")
-    inits = {i.name for i in g.initializer}
+    inits = {i.name: i for i in g.initializer}
     behind = [i for n in _ancestors(g, head.input[1]) for i in n.input if i in inits]
-    weights = [i for i in dict.fromkeys(behind) if len(_shapes_of_init(g, i)) >= 2]
+    weights = [i for i in dict.fromkeys(behind) if len(inits[i].dims) >= 2]  # not shapes, scales
     if not weights and head.input[1] in inits:
         weights = [head.input[1]]
     if len(weights) != 1:
         raise GraphError(f"the cam kernel comes from {len(weights)} weight tensors, not one")
     weight = _initializer_behind(g, weights[0], "weight")
-    add = _producers(g)[LOGITS]
-    if add.op_type != "Add":
-        return weight, None
-    bias = next(i for i in add.input if _value(g, i) is not None)
-    return weight, _initializer_behind(g, bias, "bias")
-
-
-def _shapes_of_init(g, name: str) -> list[int]:
-    return next(list(i.dims) for i in g.initializer if i.name == name)
+    bias = _cam_bias(g)
+    return weight, None if bias is None else _initializer_behind(g, bias, "bias")
 
 
 def scale_logits(model: onnx.ModelProto, factor: float, record: dict) -> onnx.ModelProto:

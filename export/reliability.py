@@ -109,7 +109,7 @@ def plot(before, after, labels, out: Path) -> list[Path]:
     for name, z, style in (("before", before, "o-"), ("after (temperature)", after, "s-")):
         p = K.softmax(z)
         conf, right = p.max(1), p.argmax(1) == labels
-        which = np.clip(np.ceil(conf * K.BINS).astype(int) - 1, 0, K.BINS - 1)
+        which = K.bin_of(conf)
         xs = [conf[which == b].mean() for b in range(K.BINS) if (which == b).sum() >= 10]
         ys = [right[which == b].mean() for b in range(K.BINS) if (which == b).sum() >= 10]
         ax.plot(xs, ys, style, label=f"{name}: ECE {K.ece(p, labels):.1%}")

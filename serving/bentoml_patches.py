@@ -37,13 +37,13 @@ client's side (the client must not import the server): clients/bentoml_upload.py
    $BENTOML_HOME/prometheus_multiproc_dirs/PID instead, and removes those of servers gone.
 6. The front page. BentoML answers `/` with its Swagger page ("None" as the version, "Contact
    BentoML Team", a Google Tag Manager script), which a person opening the service's address
-   takes for the service. RootToPage, a middleware, sends `GET /` to the demo page, /ui; the API
+   takes for the service. FrontDoor, a middleware, sends `GET /` to the demo page, /ui; the API
    document stays at /docs.json.
 7. A drain before the stop. On SIGTERM uvicorn closes its listening socket at once: a client
    that had connected just before (still in the kernel's accept queue, on a busy machine) got a
    connection reset, never an answer (6 of 400 under the test suite's load). `install()` makes
    uvicorn go on accepting and answering for TIN_DRAIN_S (0.5) seconds after the signal, then
-   stop as before: finish what is in flight, close. Meanwhile RootToPage answers /readyz with
+   stop as before: finish what is in flight, close. Meanwhile FrontDoor answers /readyz with
    503, so a load balancer stops sending before the socket closes.
 """
 
@@ -135,14 +135,14 @@ def _labelled(original, known):
     return labelled
 
 
-def install() -> None:
+def install(header_timeout_s: float, drain_s: float) -> None:
     """Make BentoML build its apps with TimeoutMiddleware above (base_app.py imports the name
-    from traffic.py when it builds an app, after serving/service.py is imported), and uvicorn
-    close connections that do not finish their headers in time (patch 4)."""
+    from traffic.py when it builds an app, after serving/service.py is imported), and patches
+    4, 5 and 7 (TIN_HEADER_TIMEOUT_S and TIN_DRAIN_S, from serving/config.py)."""
     traffic.TimeoutMiddleware = TimeoutMiddleware
-    header_timeout(float(os.environ.get("TIN_HEADER_TIMEOUT_S", "") or 10))
+    header_timeout(header_timeout_s)
     own_metrics_folder()
-    drain_before_stop(float(os.environ.get("TIN_DRAIN_S", "") or 0.5))
+    drain_before_stop(drain_s)
 
 
 def drain_before_stop(seconds: float) -> None:
@@ -256,7 +256,7 @@ class ServerErrors:
 STOPPING = threading.Event()  # set when the server has been told to stop (patch 7)
 
 
-class RootToPage:
+class FrontDoor:
     """`GET /` (or HEAD) → 307 to /ui (patch 6 above), and /readyz a 503 once the server is
     stopping (patch 7); everything else passes."""
 

@@ -70,6 +70,9 @@ class Settings:
     threads: int | None = None
     model_tag: str | None = None  # name:version when TIN_MODEL names a stored model
     min_confidence: float | None = None  # TIN_MIN_CONFIDENCE: the answers' default threshold
+    header_timeout_s: float = 10.0  # TIN_HEADER_TIMEOUT_S (serving/bentoml_patches.py, 4)
+    body_timeout_s: float = 10.0  # TIN_BODY_TIMEOUT_S: a pause in a body longer is a 408
+    drain_s: float = 0.5  # TIN_DRAIN_S (serving/bentoml_patches.py, 7)
 
     @property
     def model_name(self) -> str:
@@ -120,6 +123,9 @@ def settings() -> Settings:
         precision=os.environ.get("TIN_PRECISION", "").strip().lower() or "auto",
         threads=_number("TIN_THREADS", 0, 1) if threads else None,
         min_confidence=min_confidence(),
+        header_timeout_s=_number("TIN_HEADER_TIMEOUT_S", 10, 0.1, float),
+        body_timeout_s=_number("TIN_BODY_TIMEOUT_S", 10, 0.1, float),
+        drain_s=_number("TIN_DRAIN_S", 0.5, 0.0, float),
     )
 
 

@@ -36,7 +36,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serving.routes import BODY_IDLE_S, REFUSALS, error_body, refusal
+from serving.routes import REFUSALS, body_timeout, error_body, refusal
 
 NATIVE_PREFIX = "/api/"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -107,9 +107,15 @@ class NativeErrors:
     """ASGI middleware for the NATIVE_PREFIX routes: the upload size limit, no text in a file
     field, and BentoML's error bodies rewritten to {"error": {"code", "message"}}."""
 
-    def __init__(self, app, max_upload_bytes: int, routes: dict[str, tuple[tuple, tuple]]):
+    def __init__(
+        self,
+        app,
+        max_upload_bytes: int,
+        body_timeout_s: float,
+        routes: dict[str, tuple[tuple, tuple]],
+    ):
         self.app = app
-        self.limit = max_upload_bytes
+        self.limit, self.idle_s = max_upload_bytes, body_timeout_s
         self.routes = routes  # each @bentoml.api route: (its file parameters, all its parameters)
 
     async def __call__(self, scope, receive, send):
@@ -129,8 +135,8 @@ class NativeErrors:
         try:
             body = await self._read(receive)
         except TimeoutError:
-            message = f"the request body stopped coming for {BODY_IDLE_S:g} s"
-            return await self._refuse(scope, send, 408, "body_timeout", message)
+            late = body_timeout(self.idle_s)
+            return await self._refuse(scope, send, late.status, late.code, late.message)
         if body is None:
             return await self._refuse(scope, send, 413, "upload_too_large", self._too_large())
         refusal = await self._check_form(scope, body, self.routes[scope["path"]])
@@ -145,7 +151,7 @@ class NativeErrors:
         """The whole body, or None past the limit (chunked uploads have no Content-Length)."""
         chunks, size = [], 0
         while True:
-            message = await asyncio.wait_for(receive(), BODY_IDLE_S)  # as the mounted routes
+            message = await asyncio.wait_for(receive(), self.idle_s)  # as the mounted routes
             if message["type"] == "http.disconnect":
                 break
             chunks.append(message.get("body", b""))

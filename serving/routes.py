@@ -16,7 +16,6 @@ import difflib
 import functools
 import hashlib
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
@@ -123,15 +122,16 @@ def service(request: Request):
 # --- request parsing ---------------------------------------------------------------------------
 
 
-# Seconds a request body may pause between two chunks: a client sending its upload a byte at a
-# time held its connection (and a slot of the server) until BentoML's 120 s timeout.
-BODY_IDLE_S = float(os.environ.get("TIN_BODY_TIMEOUT_S", "") or 10)
+def body_timeout(seconds: float) -> ApiError:
+    # A client sending its upload a byte at a time held its connection (and a slot of the
+    # server) until BentoML's 120 s timeout: a pause of TIN_BODY_TIMEOUT_S is a 408.
+    return ApiError(408, "body_timeout", f"the request body stopped coming for {seconds:g} s")
 
 
-def size_limited(request: Request, limit: int) -> Request:
+def size_limited(request: Request, limit: int, idle_s: float) -> Request:
     """The same request, refused with 413 as soon as its body passes `limit` bytes (from the
     Content-Length header when there is one, while streaming when there is not), and with 408
-    when the body stops coming for BODY_IDLE_S seconds."""
+    when the body stops coming for `idle_s` seconds."""
     too_large = ApiError(
         413, "upload_too_large", f"the request body is over the limit of {limit:,} bytes"
     )
@@ -146,10 +146,9 @@ def size_limited(request: Request, limit: int) -> Request:
     async def receive():
         nonlocal received
         try:
-            message = await asyncio.wait_for(request.receive(), BODY_IDLE_S)
+            message = await asyncio.wait_for(request.receive(), idle_s)
         except TimeoutError:
-            message = f"the request body stopped coming for {BODY_IDLE_S:g} s"
-            raise ApiError(408, "body_timeout", message) from None
+            raise body_timeout(idle_s) from None
         received += len(message.get("body", b""))
         if received > limit:
             raise too_large
@@ -433,7 +432,8 @@ async def one_upload(request: Request, svc, route: str) -> tuple[FormData | dict
     """(the form, or {} for a raw image body, whose parameters are in the query string; the
     image's bytes) of a one-image request."""
     check_query(request, route)
-    request = size_limited(request, svc.settings.max_upload_bytes)
+    s = svc.settings
+    request = size_limited(request, s.max_upload_bytes, s.body_timeout_s)
     if media_type(request).startswith(RAW_TYPES):
         return {}, await request.body()
     form = await read_form(request)
@@ -449,7 +449,8 @@ async def many_uploads(request: Request, svc, route: str) -> tuple[FormData, lis
     """(the form, the images' bytes in order) of a batch request."""
     check_query(request, route)
     limit = svc.settings.max_batch_images
-    form = await read_form(size_limited(request, svc.settings.max_upload_bytes))
+    s = svc.settings
+    form = await read_form(size_limited(request, s.max_upload_bytes, s.body_timeout_s))
     files = uploads(form, "images")
     if not files:
         raise ApiError(400, "missing_images", "no file in form field 'images'")

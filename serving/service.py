@@ -43,7 +43,6 @@ from serving.schemas import (
 )
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
-bentoml_patches.install()  # BentoML's request timeout, with its timer cancelled
 
 
 def checked_settings() -> config.Settings:
@@ -69,7 +68,10 @@ def model_name(settings: config.Settings, card) -> str:
     return f"{card.preset or 'model'}-{(card.checkpoint_sha256 or 'unknown')[:8]}"
 
 
-MODEL_TAG = checked_settings().model_tag  # TIN_MODEL as name:version, when it is a stored model
+SETTINGS = checked_settings()
+MODEL_TAG = SETTINGS.model_tag  # TIN_MODEL as name:version, when it is a stored model
+# BentoML's request timeout with its timer cancelled, uvicorn's header timeout and drain, ...
+bentoml_patches.install(SETTINGS.header_timeout_s, SETTINGS.drain_s)
 
 # Requests per engine call; bench/http.py reads it as "merged".
 ENGINE_BATCH = bentoml.metrics.Histogram(
@@ -221,11 +223,12 @@ bentoml_patches.bound_metric_paths(
     | {"/", "/livez", "/readyz", "/healthz", "/docs.json", "/schema.json"}
 )
 Classifier.add_asgi_middleware(bentoml_patches.ServerErrors)
-Classifier.add_asgi_middleware(bentoml_patches.RootToPage)  # before the key check: /ui is open
+Classifier.add_asgi_middleware(bentoml_patches.FrontDoor)  # before the key check: /ui is open
 Classifier.add_asgi_middleware(auth.ApiKeyMiddleware, keys=auth.api_keys())
 Classifier.add_asgi_middleware(
     NativeErrors,
-    max_upload_bytes=config.settings().max_upload_bytes,
+    max_upload_bytes=SETTINGS.max_upload_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
     routes={
         api.route: (tuple(api.input_spec.multipart_fields), tuple(api.input_spec.model_fields))
         for api in Classifier.apis.values()

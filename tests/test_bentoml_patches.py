@@ -73,7 +73,7 @@ def test_bentomls_own_timer_still_outlives_the_request():
 def test_install_replaces_bentomls_class():
     from bentoml._internal.server.http import traffic as bentoml_traffic
 
-    patches.install()
+    patches.install(header_timeout_s=10, drain_s=0.5)
     assert bentoml_traffic.TimeoutMiddleware is patches.TimeoutMiddleware
 
 
@@ -193,9 +193,22 @@ def test_bentoml_still_empties_the_metrics_folder_a_server_starts_with(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
+def workers_folders(pid: int) -> set:
+    """PROMETHEUS_MULTIPROC_DIR of each process under `pid` still running (BentoML starts
+    short-lived helpers too, which may be gone by the time they are read)."""
+    import psutil
+
+    found = set()
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            found.add(p.environ().get("PROMETHEUS_MULTIPROC_DIR"))
+        except (psutil.NoSuchProcess, FileNotFoundError):
+            continue
+    return found
+
+
 def test_two_servers_on_one_machine_keep_their_own_metrics(tmp_path, monkeypatch):
     import httpx
-    import psutil
 
     from tests.serving_fixtures import Server, write_model
 
@@ -210,11 +223,7 @@ def test_two_servers_on_one_machine_keep_their_own_metrics(tmp_path, monkeypatch
         for _ in range(5):
             httpx.get(f"{first.url}/labels")
         with second:
-            folders = {
-                s: {p.environ().get("PROMETHEUS_MULTIPROC_DIR")
-                    for p in psutil.Process(s.proc.pid).children(recursive=True)}
-                for s in (first, second)
-            }  # fmt: skip
+            folders = {s: workers_folders(s.proc.pid) for s in (first, second)}
             text = httpx.get(f"{first.url}/metrics").text
     assert folders[first].isdisjoint(folders[second])
     counted = (
@@ -234,7 +243,7 @@ def test_readyz_is_a_503_once_the_server_is_stopping():
     async def app(scope, receive, send):
         await JSONResponse({"ok": True})(scope, receive, send)
 
-    client = TestClient(bentoml_patches.RootToPage(app))
+    client = TestClient(bentoml_patches.FrontDoor(app))
     assert client.get("/readyz").status_code == 200
     bentoml_patches.STOPPING.set()
     try:

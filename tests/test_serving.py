@@ -577,6 +577,7 @@ def test_model_file_problems_say_what_to_do(tmp_path):
         ({"TIN_MODEL": "nosuch:v1"}, "neither a file nor a model in BentoML's model store"),
         ({"TIN_MODEL": "README.md"}, "is not a readable ONNX model"),
         ({"TIN_MAX_BATCH_IMAGES": "lots"}, "TIN_MAX_BATCH_IMAGES='lots' is not a number"),
+        ({"TIN_BODY_TIMEOUT_S": "soon"}, "TIN_BODY_TIMEOUT_S='soon' is not a number"),
     ],
 )
 def test_bentoml_serve_with_a_bad_setting_says_so_in_one_line(env, says, tmp_path):
