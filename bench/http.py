@@ -193,9 +193,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve` on `model` (and the settings in `env`) on a free port, once ready."""
     port = free_port()
-    env = {**os.environ, "TIN_MODEL": str(model.resolve())}
+    env = {**os.environ, "TIN_MODEL": str(model.resolve()), **(env or {})}
     bentoml = Path(sys.executable).parent / "bentoml"
     cmd = [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = open(LOG, "w")  # noqa: SIM115 (the server outlives this function)

@@ -188,6 +188,7 @@ CLIS = {
     "tests.abuse": (["--no-such-option"], ["localhost:3000"]),
     "serving.store": (["--no-such-option"], ["missing.onnx"]),
     "batch.__main__": (["--no-such-option"], ["x", "--out", "y", "--format", "csv"]),
+    "bench.limits": (["--no-such-option"], ["--model", "missing.onnx"]),
     "bench.batch": (["--no-such-option"], ["--model", "missing.onnx"]),
     "bench.accuracy": (["--no-such-option"], ["no/such/val"]),
     "scripts/cam_grid.py": (["--no-such-option"], ["--data", "x.zip", "-n", "0"]),
