@@ -43,8 +43,9 @@ client's side (the client must not import the server): clients/bentoml_upload.py
    that had connected just before (still in the kernel's accept queue, on a busy machine) got a
    connection reset, never an answer (6 such requests in one run of the SIGTERM test under the
    whole suite's load). `install()` makes uvicorn go on accepting and answering for TIN_DRAIN_S
-   (0.5) seconds after the signal, then stop as before: finish what is in flight, close. Meanwhile FrontDoor answers /readyz with
-   503, so a load balancer stops sending before the socket closes.
+   (0.5) seconds after the signal, then stop as before: finish what is in flight, close.
+   Meanwhile FrontDoor answers /readyz with 503, so a load balancer stops sending before the
+   socket closes.
 """
 
 from __future__ import annotations
