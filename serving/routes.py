@@ -34,7 +34,13 @@ from starlette.routing import Route
 
 from inference.answers import Ask, confident, explanation, multipart_mixed, png_parts, top_k
 from inference.batcher import Overloaded
-from inference.preprocess import ImageError, model_input, open_for_overlay, open_reduced
+from inference.preprocess import (
+    ImageError,
+    is_small,
+    model_input,
+    open_for_overlay,
+    open_reduced,
+)
 from serving.config import DEFAULT_EXPLAIN_TOP_K, DEFAULT_TOP_K, MAX_TOP_K
 
 log = logging.getLogger("bentoml.tin")  # BentoML prints its own loggers
@@ -294,7 +300,8 @@ class Decoded:
 
 
 async def decode_all(data: list[bytes], max_pixels: int, keep: bool = False):
-    """Decode off the event loop (a large JPEG takes tens of ms); each failure (an ImageError)
+    """Decode off the event loop (a large JPEG takes tens of ms; small ones are decoded in
+    place, see inference.preprocess.is_small); each failure (an ImageError)
     kept in its place. `keep`: the upright images to draw on too, at most OVERLAY_MAX_SIDE a
     side."""
 
@@ -309,6 +316,8 @@ async def decode_all(data: list[bytes], max_pixels: int, keep: bool = False):
                 out.append(e)
         return out
 
+    if not keep and all(is_small(d) for d in data):  # cheaper here than a thread hop
+        return work()
     return await anyio.to_thread.run_sync(work)
 
 

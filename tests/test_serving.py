@@ -13,8 +13,8 @@ from PIL import Image
 from starlette.requests import Request
 
 from inference.backend import ModelFileError, open_backend, read_card
-from inference.preprocess import ImageError, decode, open_reduced, open_rgb
-from serving import config
+from inference.preprocess import ImageError, decode, is_small, open_reduced, open_rgb
+from serving import config, routes
 from serving.routes import json_errors
 from tests.abuse import BAD_FILES, GOOD_JPEG, GOOD_PNG
 from tests.serving_fixtures import (
@@ -496,6 +496,33 @@ def test_a_small_jpeg_is_decoded_at_full_size():
     data = photo(200, 150)
     reduced, _ = open_reduced(data)
     assert reduced.size == (200, 150)  # draft never goes below 256 a side
+
+
+def test_only_small_uploads_count_as_cheap_to_decode_in_place():
+    assert is_small(photo(64, 64))
+    assert is_small(photo(256, 256))
+    assert not is_small(photo(257, 256))
+    assert not is_small(photo(500, 375))
+    assert not is_small(b"not an image")  # left to the full decode, which names the problem
+
+
+def test_small_uploads_are_decoded_on_the_event_loop_and_large_ones_in_a_thread(monkeypatch):
+    hops = []
+    real = routes.anyio.to_thread.run_sync
+
+    async def counted(work, *args):
+        hops.append(work)
+        return await real(work, *args)
+
+    monkeypatch.setattr(routes.anyio.to_thread, "run_sync", counted)
+    small, large = photo(64, 64), photo(500, 375)
+    (in_place,) = asyncio.run(routes.decode_all([small], 40_000_000))
+    assert hops == []
+    np.testing.assert_array_equal(in_place.array, decode(small))
+    decoded = asyncio.run(routes.decode_all([small, large, b"junk"], 40_000_000))
+    assert len(hops) == 1  # one large or unreadable upload sends the whole request to a thread
+    np.testing.assert_array_equal(decoded[1].array, decode(large))
+    assert isinstance(decoded[2], ImageError)
 
 
 def rgba(colour, alpha) -> Image.Image:
