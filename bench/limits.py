@@ -3,7 +3,8 @@
 The service's worst cases on a real `bentoml serve`: 8 concurrent /explain?format=png of one
 40-megapixel JPEG (8000×5000, about 7 MB) with /readyz and /classify asked meanwhile, and the peak
 resident memory of the server's processes; then 20,000 requests to made-up paths and the size of
-/metrics after them. --overlays is TIN_MAX_OVERLAYS (default: the service's, 2). Prints each
+/metrics after them; then 20,000 idle connections (as many as the open-file limit allows) and a
+request after them. --overlays is TIN_MAX_OVERLAYS (default: the service's, 2). Prints each
 figure. The measurements behind the README's limits (drawn at the upload's own size, one such
 overlay took 4.6 GB; 8 at once had the worker killed).
 """
@@ -93,6 +94,44 @@ async def made_up_paths(http: httpx.AsyncClient, n: int = 20_000) -> None:
     print(f"/metrics: {len(metrics.content):,} bytes in {time.monotonic() - start:.3f} s")
 
 
+def idle_connections(url: str, small: bytes, wanted: int = 20_000) -> None:
+    """Open `wanted` connections that send nothing (as many as this process's open-file limit
+    allows), then ask /readyz and /classify on a new one: answered, within the header timeout,
+    with the server's connection cap closing the idle ones it holds longest."""
+    import resource
+    import socket
+    from urllib.parse import urlsplit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    n = min(wanted, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200)
+    where = urlsplit(url)
+    start, idle = time.monotonic(), []
+    for _ in range(n):
+        try:
+            idle.append(socket.create_connection((where.hostname, where.port), timeout=10))
+        except OSError as e:  # the server's backlog full, or this side out of ports
+            print(f"connection {len(idle) + 1} failed: {e}")
+            break
+    print(f"{len(idle):,} idle connections opened in {time.monotonic() - start:.1f} s")
+    start = time.monotonic()
+    with httpx.Client(base_url=url, timeout=30) as http:
+        ready = http.get("/readyz").status_code
+        answer = http.post("/classify", content=small, headers={"content-type": "image/jpeg"})
+    print(f"then /readyz {ready} and /classify {answer.status_code} in "
+          f"{time.monotonic() - start:.2f} s")  # fmt: skip
+    closed = 0
+    for conn in idle:
+        conn.settimeout(0.001)
+        try:
+            closed += conn.recv(1) == b""
+        except (TimeoutError, OSError):
+            pass
+        conn.close()
+    print(f"idle connections the server had closed by then: {closed:,}")
+
+
 async def probe(url: str, pid: int) -> None:
     photo, small = forty_megapixels(), synthetic_jpegs(1)[0]
     print(f"the photo: {len(photo):,} bytes")
@@ -103,6 +142,7 @@ async def probe(url: str, pid: int) -> None:
         memory.done.set()
         await made_up_paths(http)
         print(f"/readyz after: {(await http.get('/readyz')).status_code}")
+    await asyncio.to_thread(idle_connections, url, small)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,11 @@ client's side (the client must not import the server): clients/bentoml_upload.py
    (0.5) seconds after the signal, then stop as before: finish what is in flight, close.
    Meanwhile FrontDoor answers /readyz with 503, so a load balancer stops sending before the
    socket closes.
+8. A connection cap. uvicorn holds every connection it accepts (its `limit_concurrency`
+   answers 503 but still holds the connection): idle connections opened faster than the header
+   timeout closes them use up the process's files, and then nothing is accepted. `install()`
+   raises the soft open-file limit to the hard one and, past TIN_MAX_CONNECTIONS (default: that
+   limit less 512), closes the connection that has waited longest for its request headers.
 """
 
 from __future__ import annotations
@@ -136,12 +141,12 @@ def _labelled(original, known):
     return labelled
 
 
-def install(header_timeout_s: float, drain_s: float) -> None:
+def install(header_timeout_s: float, drain_s: float, max_connections: int | None = None) -> None:
     """Make BentoML build its apps with TimeoutMiddleware above (base_app.py imports the name
     from traffic.py when it builds an app, after serving/service.py is imported), and patches
-    4, 5 and 7 (TIN_HEADER_TIMEOUT_S and TIN_DRAIN_S, from serving/config.py)."""
+    4, 5, 7 and 8 (TIN_HEADER_TIMEOUT_S, TIN_DRAIN_S, TIN_MAX_CONNECTIONS: serving/config.py)."""
     traffic.TimeoutMiddleware = TimeoutMiddleware
-    header_timeout(header_timeout_s)
+    header_timeout(header_timeout_s, connection_cap(max_connections))
     own_metrics_folder()
     drain_before_stop(drain_s)
 
@@ -180,23 +185,47 @@ def own_metrics_folder() -> None:
     BentoMLContainer.prometheus_multiproc_dir.set(str(base / str(os.getpid())))
 
 
-def header_timeout(seconds: float) -> None:
-    """Patch 4 above, on uvicorn's HttpToolsProtocol (idempotent)."""
+WAITING: dict = {}  # patch 4 and 8: the connections whose request headers are awaited, oldest first
+RESERVE_FILES = 512  # patch 8: files left to the process beyond its connections (model, logs)
+
+
+def connection_cap(limit: int | None) -> int:
+    """Patch 8: the soft open-file limit raised to the hard one (what any unprivileged process
+    may do), and the most connections to hold: `limit`, else that limit less RESERVE_FILES."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # a sandbox may refuse: keep the soft limit
+            pass
+    return limit or max(64, soft - RESERVE_FILES)
+
+
+def header_timeout(seconds: float, cap: int = 1_000_000) -> None:
+    """Patches 4 and 8 above, on uvicorn's HttpToolsProtocol (idempotent)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as P
     except ImportError:  # no httptools: uvicorn runs h11, which this does not cover
         return
+    P._tin_cap = cap
     if getattr(P, "_tin_header_timeout", None) is not None:
         P._tin_header_timeout = seconds
         return
     P._tin_header_timeout = seconds
-    made, begin, complete = P.connection_made, P.on_message_begin, P.on_headers_complete
+    P._tin_evicted, P._tin_warned = 0, 0.0
+    made, lost = P.connection_made, P.connection_lost
+    begin, complete = P.on_message_begin, P.on_headers_complete
 
     def arm(self):
         disarm(self)
         self._tin_header_timer = self.loop.call_later(self._tin_header_timeout, self._tin_expire)
+        WAITING[self] = None
 
     def disarm(self):
+        WAITING.pop(self, None)
         timer = getattr(self, "_tin_header_timer", None)
         if timer is not None:
             timer.cancel()
@@ -204,12 +233,34 @@ def header_timeout(seconds: float) -> None:
 
     def expire(self):
         self._tin_header_timer = None
+        WAITING.pop(self, None)
         if not self.transport.is_closing():
             self.transport.close()
 
+    def evict(self):
+        """Over the cap: close the connection that has waited longest for its headers (or this
+        new one, when every other is in a request), so that a flood of idle connections
+        cannot use up the files and stop the service answering."""
+        oldest = next(iter(WAITING), self)
+        disarm(oldest)
+        oldest.transport.close()
+        P._tin_evicted += 1
+        if self.loop.time() - P._tin_warned > 10:
+            P._tin_warned = self.loop.time()
+            log.warning("%d connections open, the limit (TIN_MAX_CONNECTIONS) is %d: closed the "
+                        "ones idle longest (%d so far)", len(self.server_state.connections),
+                        P._tin_cap, P._tin_evicted)  # fmt: skip
+
     def connection_made(self, transport):
         made(self, transport)
-        arm(self)
+        if len(self.server_state.connections) > P._tin_cap:
+            evict(self)
+        if not transport.is_closing():
+            arm(self)
+
+    def connection_lost(self, exc):
+        disarm(self)
+        lost(self, exc)
 
     def on_message_begin(self):
         begin(self)
@@ -220,8 +271,8 @@ def header_timeout(seconds: float) -> None:
         complete(self)
 
     P._tin_expire = expire
-    P.connection_made, P.on_message_begin = connection_made, on_message_begin
-    P.on_headers_complete = on_headers_complete
+    P.connection_made, P.connection_lost = connection_made, connection_lost
+    P.on_message_begin, P.on_headers_complete = on_message_begin, on_headers_complete
 
 
 class ServerErrors:

@@ -18,6 +18,8 @@ TIN_MIN_CONFIDENCE        a probability: answers whose top-1 is below it say "co
                           request's own min_confidence wins); off by default
 TIN_HEADER_TIMEOUT_S      seconds a connection may take to send its request headers (10)
 TIN_BODY_TIMEOUT_S        seconds a request body may pause before a 408 (10)
+TIN_MAX_CONNECTIONS       connections held at once; past it the one idle longest is closed
+                          (default: the open-file limit less 512)
 TIN_DRAIN_S               seconds the server goes on answering after SIGTERM, /readyz 503 (0.5)
 TIN_MAX_OVERLAYS          PNG overlays (/explain?format=png) drawn at once; more get 503 (2)
 TIN_BATCH_MAX_SIZE        micro-batching: most images in one engine call (32)
@@ -73,6 +75,7 @@ class Settings:
     header_timeout_s: float = 10.0  # TIN_HEADER_TIMEOUT_S (serving/bentoml_patches.py, 4)
     body_timeout_s: float = 10.0  # TIN_BODY_TIMEOUT_S: a pause in a body longer is a 408
     drain_s: float = 0.5  # TIN_DRAIN_S (serving/bentoml_patches.py, 7)
+    max_connections: int | None = None  # TIN_MAX_CONNECTIONS (serving/bentoml_patches.py, 8)
 
     @property
     def model_name(self) -> str:
@@ -113,6 +116,7 @@ def _model() -> tuple[Path, str | None]:
 def settings() -> Settings:
     path, tag = _model()
     threads = os.environ.get("TIN_THREADS", "").strip()
+    connections = os.environ.get("TIN_MAX_CONNECTIONS", "").strip()
     return Settings(
         model_path=path,
         model_tag=tag,
@@ -126,6 +130,7 @@ def settings() -> Settings:
         header_timeout_s=_number("TIN_HEADER_TIMEOUT_S", 10, 0.1, float),
         body_timeout_s=_number("TIN_BODY_TIMEOUT_S", 10, 0.1, float),
         drain_s=_number("TIN_DRAIN_S", 0.5, 0.0, float),
+        max_connections=_number("TIN_MAX_CONNECTIONS", 0, 16) if connections else None,
     )
 
 

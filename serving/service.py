@@ -71,7 +71,7 @@ def model_name(settings: config.Settings, card) -> str:
 SETTINGS = checked_settings()
 MODEL_TAG = SETTINGS.model_tag  # TIN_MODEL as name:version, when it is a stored model
 # BentoML's request timeout with its timer cancelled, uvicorn's header timeout and drain, ...
-bentoml_patches.install(SETTINGS.header_timeout_s, SETTINGS.drain_s)
+bentoml_patches.install(SETTINGS.header_timeout_s, SETTINGS.drain_s, SETTINGS.max_connections)
 
 # Requests per engine call; bench/http.py reads it as "merged".
 ENGINE_BATCH = bentoml.metrics.Histogram(

@@ -252,3 +252,48 @@ def test_readyz_is_a_503_once_the_server_is_stopping():
         assert client.get("/labels").status_code == 200  # the rest is still answered
     finally:
         bentoml_patches.STOPPING.clear()
+
+
+def test_past_the_connection_cap_the_connections_idle_longest_are_closed():
+    """Patch 8 on uvicorn itself (httptools, as the serve extra runs it), with a cap of 8: after
+    20 idle connections a request is still answered, and the oldest idle ones were closed."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    address = listener.getsockname()
+    config = uvicorn.Config(app, http="httptools", lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    patches.header_timeout(30, cap=8)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        idle = [socket.create_connection(address, timeout=10) for _ in range(20)]
+        r = httpx.get(f"http://{address[0]}:{address[1]}/", timeout=10)  # accepted after them
+        assert (r.status_code, r.text) == (200, "ok")
+        closed = []
+        for conn in idle:
+            conn.settimeout(0.2)
+            try:
+                closed.append(conn.recv(1) == b"")
+            except TimeoutError:  # still open: nothing to read
+                closed.append(False)
+            conn.close()
+        # 8 held: 7 idle ones and the request's; the 13 that waited longest were closed.
+        assert closed == [True] * 13 + [False] * 7
+    finally:
+        patches.header_timeout(10, cap=1_000_000)
+        server.should_exit = True
+        thread.join(10)
