@@ -297,3 +297,41 @@ def test_past_the_connection_cap_the_connections_idle_longest_are_closed():
         patches.header_timeout(10, cap=1_000_000)
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_request_past_its_deadline_never_reaches_the_engine():
+    """The 504 cancels the request, and the micro-batcher drops a cancelled request from its
+    queue: the engine, busy when the deadline passed, never runs it afterwards."""
+    import threading
+
+    import numpy as np
+
+    from inference.batcher import Batcher, engine_thread
+
+    calls, gate, started = [], threading.Event(), threading.Event()
+
+    def run(images):
+        calls.append(len(images))
+        started.set()
+        gate.wait(10)
+        return (images[:, 0, 0, 0],)
+
+    batcher = Batcher(run, 8, 60.0, engine_thread())
+
+    async def app(scope, receive, send):
+        await batcher(np.zeros((3, 64, 64, 3), np.uint8))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def main():
+        busy = asyncio.ensure_future(batcher(np.zeros((1, 64, 64, 3), np.uint8)))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        sent = await call(patches.TimeoutMiddleware(app, timeout=0.2))
+        gate.set()
+        await busy
+        await asyncio.sleep(0.1)  # were it still queued, the engine would take it now
+        return sent
+
+    sent = asyncio.run(main())
+    assert sent[0]["status"] == 504
+    assert b'"timeout"' in sent[1]["body"]
+    assert calls == [1]
