@@ -147,6 +147,11 @@ def connect(address: str | None) -> None:
             logging.ERROR
         )
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        import psutil  # a dependency of Ray
+
+        from batch import reaper
+
+        reaper.watch(psutil.Process().children(recursive=True))  # Ray's processes, with the job
 
 
 def plan(cpus: float, actors: int | None, threads: int | None) -> tuple[int, int, float]:

@@ -218,3 +218,49 @@ def test_every_file_once_and_nothing_that_hangs_or_hides(tmp_path):
     assert codes == {"a.jpg": "", "b.png": "", "dangling.jpg": "unreadable",
                      "notes.txt": "not_an_image", "pipe.jpg": "not_a_file"}  # fmt: skip
     assert list_inputs([str(tmp_path / "photos [2024]" / "b.png")]) == [str(photos / "b.png")]
+
+
+def gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_killed_jobs_processes_are_reaped_at_once():
+    """batch/reaper.py: the job starts a process (as ray.init starts Ray's) and hands it to the
+    sentinel; kill -9 of the job takes that process down within seconds, not Ray's minute."""
+    job = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import subprocess, time, psutil\n"
+            "from batch import reaper\n"
+            "child = subprocess.Popen(['sleep', '120'])\n"
+            "reaper.watch([psutil.Process(child.pid)])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(120)\n"
+        )],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    child = int(job.stdout.readline())
+    assert not gone(child)
+    job.kill()
+    job.wait(10)
+    deadline = time.monotonic() + 10
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(child)
+
+
+def test_the_reaper_never_kills_a_process_whose_id_was_reused():
+    from batch import reaper
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        reaper.reap([f"{other.pid} 12345.0\n"])  # the listed process started at another time
+        time.sleep(0.2)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
