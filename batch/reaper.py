@@ -12,6 +12,7 @@ reused process id is never hit. After a clean `ray.shutdown()` they are gone alr
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -45,10 +46,8 @@ def reap(listing: list[str]) -> None:
         except psutil.NoSuchProcess:
             continue
     for p in doomed:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _sentinel() -> None:

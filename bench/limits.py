@@ -12,6 +12,7 @@ overlay took 4.6 GB; 8 at once had the worker killed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -124,10 +125,8 @@ def idle_connections(url: str, small: bytes, wanted: int = 20_000) -> None:
     closed = 0
     for conn in idle:
         conn.settimeout(0.001)
-        try:
+        with contextlib.suppress(TimeoutError, OSError):
             closed += conn.recv(1) == b""
-        except (TimeoutError, OSError):
-            pass
         conn.close()
     print(f"idle connections the server had closed by then: {closed:,}")
 
