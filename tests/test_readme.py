@@ -203,3 +203,21 @@ def test_the_batch_command_on_the_val_images_runs_as_written(tmp_path, tiny_root
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("%")  # the top-1 of the rows against the labels
+
+
+def test_the_torchrun_command_runs_as_written_on_the_fixture_zip(tmp_path, tiny_zip):
+    """The single-machine `torchrun` line of "Beyond one machine" (two CPU processes on gloo,
+    the smoke preset), in a fresh copy, on the fixture zip (the only liberty); tests/test_ddp.py
+    checks what the ranks agree on."""
+    import sys
+
+    code = next(c for _, c in blocks(README.read_text(), "Beyond one machine") if "torchrun" in c)
+    line = next(x for x in code.splitlines() if x.startswith("torchrun --nproc_per_node=2 "))
+    clone = fresh_copy(tmp_path / "clone")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIN_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this venv's torchrun
+    env["TINY_IMAGENET_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run(["bash", "-c", line.replace("tiny-imagenet-200.zip", str(tiny_zip))],
+                          cwd=clone, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+    assert (clone / "runs" / "ddp" / "last.pt").is_file()
