@@ -217,7 +217,8 @@ def test_the_torchrun_command_runs_as_written_on_the_fixture_zip(tmp_path, tiny_
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIN_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this venv's torchrun
     env["TINY_IMAGENET_CACHE"] = str(tmp_path / "cache")
-    done = subprocess.run(["bash", "-c", line.replace("tiny-imagenet-200.zip", str(tiny_zip))],
-                          cwd=clone, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    command = line.replace("tiny-imagenet-200.zip", str(tiny_zip))
+    done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
     assert (clone / "runs" / "ddp" / "last.pt").is_file()
