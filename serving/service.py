@@ -52,6 +52,7 @@ def checked_settings() -> config.Settings:
     try:
         settings = config.settings()
         config.batch_max_size(), config.batch_max_latency_ms(), config.max_overlays()
+        config.tracing_options()
         read_card(settings.model_path)
     except (config.ConfigError, ModelFileError) as e:  # StoreError is a ConfigError
         sys.stderr.write(f"error: {e}\n")
@@ -83,7 +84,12 @@ ENGINE_BATCH = bentoml.metrics.Histogram(
 
 
 @bentoml.asgi_app(http_app)
-@bentoml.service(name="Classifier", workers=1, traffic={"timeout": 120})
+@bentoml.service(
+    name="Classifier",
+    workers=1,
+    traffic={"timeout": 120},
+    **config.tracing_options(),  # none by default: serving/config.py says why
+)
 class Classifier:
     """Top-k Tiny ImageNet predictions and their activation maps over HTTP."""
 

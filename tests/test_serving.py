@@ -700,3 +700,13 @@ def test_real_server_classifies_jpegs_with_a_stock_client(server, tiny_root):
         metrics = http.get("/metrics")
         assert metrics.status_code == 200
         assert "bentoml" in metrics.text
+
+
+def test_tracing_is_off_unless_asked_for(monkeypatch):
+    monkeypatch.delenv("TIN_TRACING", raising=False)
+    assert config.tracing_options() == {"tracing": {"excluded_urls": ".*"}}
+    monkeypatch.setenv("TIN_TRACING", "1")
+    assert config.tracing_options() == {}  # BentoML's own tracing configuration applies
+    monkeypatch.setenv("TIN_TRACING", "yes")
+    with pytest.raises(config.ConfigError, match="TIN_TRACING='yes': use 1"):
+        config.tracing_options()
