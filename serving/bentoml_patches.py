@@ -232,8 +232,7 @@ def header_timeout(seconds: float, cap: int = 1_000_000) -> None:
             self._tin_header_timer = None
 
     def expire(self):
-        self._tin_header_timer = None
-        WAITING.pop(self, None)
+        disarm(self)
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -241,9 +240,7 @@ def header_timeout(seconds: float, cap: int = 1_000_000) -> None:
         """Over the cap: close the connection that has waited longest for its headers (or this
         new one, when every other is in a request), so that a flood of idle connections
         cannot use up the files and stop the service answering."""
-        oldest = next(iter(WAITING), self)
-        disarm(oldest)
-        oldest.transport.close()
+        expire(next(iter(WAITING), self))
         P._tin_evicted += 1
         if self.loop.time() - P._tin_warned > 10:
             P._tin_warned = self.loop.time()

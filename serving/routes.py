@@ -300,7 +300,7 @@ class Decoded:
 
 
 async def decode_all(data: list[bytes], max_pixels: int, keep: bool = False):
-    """Decode off the event loop (a large JPEG takes tens of ms; small ones are decoded in
+    """Decode off the event loop (a large JPEG takes tens of ms; one small upload is decoded in
     place, see inference.preprocess.is_small); each failure (an ImageError)
     kept in its place. `keep`: the upright images to draw on too, at most OVERLAY_MAX_SIDE a
     side."""
@@ -316,7 +316,9 @@ async def decode_all(data: list[bytes], max_pixels: int, keep: bool = False):
                 out.append(e)
         return out
 
-    if not keep and all(is_small(d) for d in data):  # cheaper here than a thread hop
+    # One small upload: cheaper here than a thread hop. A batch goes to the thread whatever its
+    # images, so the loop never blocks for more than one small decode.
+    if not keep and len(data) == 1 and is_small(data[0]):
         return work()
     return await anyio.to_thread.run_sync(work)
 

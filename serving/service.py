@@ -62,8 +62,9 @@ def checked_settings() -> config.Settings:
 
 def model_name(settings: config.Settings, card) -> str:
     """What answers and logs call the model: its tag in the model store, else its file's name,
-    but for the default file name (model.onnx, which says nothing) the preset and the
-    checkpoint it came from, as the store's versions are named: final-fcb76c51."""
+    but for the default file name (model.onnx, which says nothing) the preset and the first
+    digits of the checkpoint it came from: final-fcb76c51. (A stored model's version ends with
+    the file's hash instead, since two exports of one checkpoint are two versions.)"""
     if settings.model_tag or settings.model_path.stem != "model":
         return settings.model_name
     return f"{card.preset or 'model'}-{(card.checkpoint_sha256 or 'unknown')[:8]}"

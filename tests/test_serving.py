@@ -2,6 +2,7 @@
 preprocessing against the training data layer, and one run of the real `bentoml serve`."""
 
 import asyncio
+import math
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,14 @@ from PIL import Image
 from starlette.requests import Request
 
 from inference.backend import ModelFileError, open_backend, read_card
-from inference.preprocess import ImageError, decode, is_small, open_reduced, open_rgb
+from inference.preprocess import (
+    SMALL_PIXELS,
+    ImageError,
+    decode,
+    is_small,
+    open_reduced,
+    open_rgb,
+)
 from serving import config, routes
 from serving.routes import json_errors
 from tests.abuse import BAD_FILES, GOOD_JPEG, GOOD_PNG
@@ -499,9 +507,10 @@ def test_a_small_jpeg_is_decoded_at_full_size():
 
 
 def test_only_small_uploads_count_as_cheap_to_decode_in_place():
+    side = math.isqrt(SMALL_PIXELS)
     assert is_small(photo(64, 64))
-    assert is_small(photo(256, 256))
-    assert not is_small(photo(257, 256))
+    assert is_small(photo(side, side))
+    assert not is_small(photo(side + 1, side))
     assert not is_small(photo(500, 375))
     assert not is_small(b"not an image")  # left to the full decode, which names the problem
 
@@ -520,7 +529,9 @@ def test_small_uploads_are_decoded_on_the_event_loop_and_large_ones_in_a_thread(
     assert hops == []
     np.testing.assert_array_equal(in_place.array, decode(small))
     decoded = asyncio.run(routes.decode_all([small, large, b"junk"], 40_000_000))
-    assert len(hops) == 1  # one large or unreadable upload sends the whole request to a thread
+    assert len(hops) == 1  # a batch goes to a thread, all of it in one hop
+    asyncio.run(routes.decode_all([small, small], 40_000_000))
+    assert len(hops) == 2  # even of small images: the loop blocks for one small decode at most
     np.testing.assert_array_equal(decoded[1].array, decode(large))
     assert isinstance(decoded[2], ImageError)
 
