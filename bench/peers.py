@@ -53,6 +53,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.inference import machine  # the CPU's name and SIMD features (VNNI, AMX)
 from common.cli import ConfigError, Parser, fail
 
 REPO = Path(__file__).resolve().parent.parent
@@ -369,19 +370,10 @@ def table(results: dict[str, dict], after_burst_wait: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} × {model}"
-
-
 def section(results: dict, args, images: dict, engine: str, when: datetime.datetime) -> str:
     sizes = ", ".join(f"{n} {len(b) / 1000:.1f} kB" for n, b in images.items())
     return (
-        f"- {when:%Y-%m-%d %H:%M} UTC; machine: {machine()} (nproc {os.cpu_count()}), load "
+        f"- {when:%Y-%m-%d %H:%M} UTC; machine: {machine()}, load "
         f"average {args.load:.2f} at the start\n"
         f"- `hey -z {args.duration:g}s -c N` a cell, after {WARMUP[1]:g} s at c{WARMUP[0]}; "
         "req/s, p50 and p99 in ms; errors: non-200 answers and requests without one\n"
